@@ -1,0 +1,1 @@
+"""Where media comes from. Each backend implements `connectors.base.Connector`."""

@@ -1,0 +1,1 @@
+"""Vector stores. Each backend implements `store.base.VectorStore`."""

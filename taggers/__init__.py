@@ -1,0 +1,1 @@
+"""Taggers and embedders. Each backend implements a protocol from `taggers.base`."""

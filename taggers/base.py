@@ -1,0 +1,34 @@
+"""Protocols for embedders (media and text to vectors) and taggers (media to tags)."""
+from __future__ import annotations
+
+from typing import ClassVar, Iterator, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from toolkit.models import Media, TagResult
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Images and texts into one vector space; every row L2-normalised, float32."""
+
+    #: Identifies the weights: a collection built with one model_id refuses vectors from another.
+    model_id: str
+    dim: int
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Tagger(Protocol):
+    name: ClassVar[str]
+    #: Media kinds this tagger handles: {"image"}, {"video"} or both.
+    media_types: ClassVar[frozenset[str]]
+
+    def tag(self, items: Sequence[Media]) -> Iterator[TagResult]:
+        """One TagResult per item, in any order. A per-item failure is a TagResult with `error`
+        set; a failure that dooms every item (bad key) raises FatalTaggerError."""
+        ...

@@ -1,0 +1,63 @@
+"""The `toolkit` command. The one place a ToolkitError becomes a one-line message and an exit code."""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from toolkit.commands import catalog, config, search, stats, tag
+from toolkit.errors import ToolkitError
+
+app = typer.Typer(help="Turn product photos and videos into a searchable, tagged catalog.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+app.command("tag")(tag.tag)
+app.command("search")(search.search)
+app.command("stats")(stats.stats)
+app.command("config")(config.config)
+app.add_typer(catalog.app, name="catalog")
+
+
+def _register_optional() -> None:
+    try:
+        from toolkit.commands import model
+    except ImportError:
+        pass
+    else:
+        app.add_typer(model.app, name="model")
+    try:
+        from toolkit.commands import serve
+    except ImportError:
+        return
+    app.command("serve")(serve.serve)
+
+
+_register_optional()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except ToolkitError as exc:
+        if os.environ.get("TOOLKIT_DEBUG"):
+            raise
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: what was stored is kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""`toolkit tag SOURCE`: tag and index every image and video under a folder or an S3 prefix."""
+from __future__ import annotations
+
+import typer
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from toolkit.commands.output import err, out, print_json
+from toolkit.core import Toolkit
+from toolkit.models import RunReport
+
+
+def tag(
+    source: str = typer.Argument(..., help="A folder, or s3://bucket/prefix."),
+    tagger: str = typer.Option("auto", "--tagger", "-t",
+                               help="auto (clouds where configured, local model otherwise), local, azure or gcp."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be sent to each tagger, call nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON."),
+) -> None:
+    """Tag and index every image and video under SOURCE. Re-runs process only what is new or changed."""
+    tk = Toolkit()
+    if dry_run:
+        _print_plan(tk.plan(source, tagger=tagger), as_json)
+        return
+    report = _run_with_progress(tk, source, tagger)
+    if as_json:
+        print_json(report)
+    else:
+        _print_summary(report)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _run_with_progress(tk: Toolkit, source: str, tagger: str) -> RunReport:
+    counts = {"new": 0, "updated": 0, "unchanged": 0, "skipped": 0, "failed": 0}
+    with Progress(SpinnerColumn(), TextColumn("[bold]tagging[/]"), BarColumn(bar_width=None),
+                  TextColumn("{task.completed} items"), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+
+        def on_item(ref, status, reason):
+            counts[status] += 1
+            bar.update(task, advance=1, description=" ".join(f"{k} {v}" for k, v in counts.items() if v))
+            if status in ("skipped", "failed") and not err.is_terminal:
+                err.print(f"{status}: {reason}", highlight=False, soft_wrap=True)
+
+        return tk.tag(source, tagger=tagger, on_item=on_item)
+
+
+def _print_summary(r: RunReport) -> None:
+    by = ", ".join(f"{name}: {n}" for name, n in sorted(r.taggers.items())) or "none"
+    err.print(f"tagged {r.source} in {r.seconds:.1f}s: {r.new} new, {r.updated} updated, "
+              f"{r.unchanged} unchanged, {len(r.skipped)} skipped, {len(r.failed)} failed "
+              f"(taggers: {by}; {r.records_written} records written)", highlight=False, soft_wrap=True)
+    for f in r.skipped:
+        err.print(f"  skipped {f.reason}", highlight=False, soft_wrap=True)
+    for f in r.failed:
+        err.print(f"  failed  {f.reason}", highlight=False, soft_wrap=True)
+
+
+def _print_plan(plan, as_json: bool) -> None:
+    if as_json:
+        print_json(plan)
+        return
+    out.print(f"dry run for {plan.source}: nothing was sent", highlight=False)
+    for line in plan.lines.values():
+        out.print(f"  {line.tagger}: {len(line.items)} items, {line.units:g} billable {line.unit}s", highlight=False)
+        for uri in line.items:
+            out.print(f"    {uri}", highlight=False, soft_wrap=True)
+    out.print(f"  unchanged (not sent): {plan.unchanged}", highlight=False)
+    for uri, why in plan.skipped:
+        out.print(f"  skipped {uri}: {why}", highlight=False, soft_wrap=True)

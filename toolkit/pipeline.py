@@ -1,0 +1,217 @@
+"""connector -> decode -> embed -> tag -> store, one bounded chunk at a time.
+
+Reads and decodes run on I/O threads ahead of the model (a bounded queue keeps memory
+flat however large the bucket), the model embeds whole batches, and each chunk is written
+as soon as it is done, so a killed run loses at most one chunk and a re-run picks up
+where it stopped: unchanged items are recognised by fingerprint or content hash and
+never read or embedded again.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from toolkit.catalog import ProductIndex
+from toolkit.errors import MediaError
+from toolkit.media import decode
+from toolkit.models import ItemFailure, Media, MediaRef, RunReport, Tag
+from toolkit.records import build_records, media_id, stored_media_tags
+from toolkit.settings import Settings
+
+if TYPE_CHECKING:
+    from connectors.base import Connector
+    from store.chroma import ChromaStore
+    from taggers.base import Embedder, Tagger
+    from toolkit.tagging import TaggerPlan
+
+#: Callback for progress: (ref, status, reason). status is new/updated/unchanged/skipped/failed.
+ItemCallback = Callable[[MediaRef, str, str | None], None]
+
+
+@dataclass
+class WorkItem:
+    ref: MediaRef
+    existing: list[tuple[str, dict]] = field(default_factory=list)
+    media: Media | None = None
+    status: str = "new"  # new | updated | unchanged | skipped | failed
+    reason: str | None = None
+    refresh: bool = False
+
+
+def batched(it: Iterable, n: int) -> Iterator[list]:
+    it = iter(it)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+class Pipeline:
+    def __init__(self, *, connector: "Connector", embedder: "Embedder", store: "ChromaStore",
+                 plan: "TaggerPlan", products: ProductIndex, settings: Settings,
+                 on_item: ItemCallback | None = None, chunk_size: int = 64, io_workers: int = 8) -> None:
+        self.connector, self.embedder, self.store = connector, embedder, store
+        self.plan, self.products, self.settings = plan, products, settings
+        self.on_item = on_item or (lambda ref, status, reason: None)
+        self.chunk_size, self.io_workers = chunk_size, io_workers
+
+    # -- producer side: list, look up, read, decode ---------------------------------------------
+
+    def _required(self, kind: str) -> set[str]:
+        return {t.name for t in self.plan.get(kind, [])}
+
+    def _lookup(self, refs: Sequence[MediaRef]) -> dict[str, list[tuple[str, dict]]]:
+        ids = [media_id(r.uri) for r in refs]
+        found: dict[str, list[tuple[str, dict]]] = {}
+        for rec in self.store.get(where={"media_id": {"$in": ids}}):
+            found.setdefault(rec.metadata.get("media_id", ""), []).append((rec.id, rec.metadata))
+        return found
+
+    def _is_current(self, item: WorkItem, sha: str | None = None) -> bool:
+        if not item.existing:
+            return False
+        meta = item.existing[0][1]
+        same = (sha is not None and meta.get("sha256") == sha) or (
+            sha is None and item.ref.fingerprint is not None and meta.get("fingerprint") == item.ref.fingerprint)
+        return same and self._required(meta.get("kind", "image")) <= set(meta.get("providers", []))
+
+    def _load(self, item: WorkItem) -> WorkItem:
+        s = self.settings
+        try:
+            data = self.connector.read(item.ref)
+            item.media = decode(item.ref, data, max_pixels=s.max_image_pixels, video_interval=s.video_interval,
+                                scene_threshold=s.video_scene_threshold, max_frames=s.video_max_frames)
+            if self._is_current(item, item.media.sha256):
+                # Same bytes under a new fingerprint (a touched file, a re-upload): remember the
+                # new fingerprint so the next run need not read it again.
+                item.status, item.media, item.refresh = "unchanged", None, True
+        except MediaError as exc:
+            item.status, item.reason = "skipped", str(exc)
+        except Exception as exc:  # one bad item must never end the run
+            item.status, item.reason = "failed", f"{item.ref.uri}: {type(exc).__name__}: {exc}"
+        return item
+
+    def _produce(self, uri: str, out: "queue.Queue", stop: threading.Event) -> None:
+        try:
+            with ThreadPoolExecutor(self.io_workers, thread_name_prefix="toolkit-io") as pool:
+                for refs in batched(self.connector.list(uri), self.chunk_size):
+                    if stop.is_set():
+                        return
+                    existing = self._lookup(refs)
+                    items = [WorkItem(ref=r, existing=existing.get(media_id(r.uri), [])) for r in refs]
+                    for it in items:
+                        if it.existing:
+                            it.status = "unchanged" if self._is_current(it) else "updated"
+                    todo = [it for it in items if it.status != "unchanged"]
+                    list(pool.map(self._load, todo))
+                    out.put(items)
+        except BaseException as exc:  # surfaced in the consumer, which owns the run
+            out.put(exc)
+        finally:
+            out.put(None)
+
+    # -- consumer side: embed, tag, write ----------------------------------------------------------
+
+    def run(self, uri: str) -> RunReport:
+        report = RunReport(source=uri)
+        started = time.perf_counter()
+        out: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(uri, out, stop), daemon=True,
+                                    name="toolkit-producer")
+        producer.start()
+        try:
+            while (items := out.get()) is not None:
+                if isinstance(items, BaseException):
+                    raise items
+                self._process(items, report)
+        finally:
+            stop.set()
+            while producer.is_alive():  # drain so the producer can finish its put()
+                try:
+                    out.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+        report.seconds = round(time.perf_counter() - started, 3)
+        return report
+
+    def _process(self, items: list[WorkItem], report: RunReport) -> None:
+        ready = [it for it in items if it.media is not None]
+        self._embed([it.media for it in ready])
+        results = self._tag(ready, report)
+        for it in items:
+            if it.media is not None:
+                self._write(it, results.get(it.ref.uri, {}), report)
+            elif it.refresh and it.ref.fingerprint:
+                ids = [rid for rid, _ in it.existing]
+                self.store.update_metadata(ids, [{"fingerprint": it.ref.fingerprint}] * len(ids))
+            self._count(it, report)
+
+    def _embed(self, medias: list[Media]) -> None:
+        frames = [f.image for m in medias for f in m.frames]
+        if not frames:
+            return
+        bs = self.settings.batch_size
+        vecs = np.concatenate([self.embedder.embed_images(frames[i:i + bs]) for i in range(0, len(frames), bs)])
+        pos = 0
+        for m in medias:
+            m.embeddings = vecs[pos:pos + len(m.frames)]
+            pos += len(m.frames)
+
+    def _tag(self, ready: list[WorkItem], report: RunReport) -> dict[str, dict[str, object]]:
+        """uri -> tagger name -> TagResult. A FatalTaggerError propagates and stops the run."""
+        results: dict[str, dict[str, object]] = {}
+        for kind in {it.media.kind for it in ready}:
+            medias = [it.media for it in ready if it.media.kind == kind]
+            for tagger in self.plan.get(kind, []):
+                for res in tagger.tag(medias):
+                    results.setdefault(res.ref.uri, {})[tagger.name] = res
+                report.taggers[tagger.name] = report.taggers.get(tagger.name, 0) + len(medias)
+        return results
+
+    def _write(self, it: WorkItem, results: dict[str, object], report: RunReport) -> None:
+        errors = [f"{name}: {res.error}" for name, res in results.items() if res.error]
+        if errors:
+            it.status, it.reason = "failed", f"{it.ref.uri}: " + "; ".join(errors)
+            return
+        media_tags, frame_tags = self._merge_tags(it, results)
+        records = build_records(it.media, media_tags, frame_tags, self.products.find(it.ref))
+        new_ids = {r.id for r in records}
+        self.store.upsert(records)
+        stale = [rid for rid, _ in it.existing if rid not in new_ids]
+        if stale:
+            self.store.delete(stale)
+        report.records_written += len(records)
+        it.media = None  # free the pixels as soon as they are stored
+
+    def _merge_tags(self, it: WorkItem, results: dict[str, object]) -> tuple[list[Tag], dict[int, list[Tag]]]:
+        """This run's tags, plus earlier tags from providers not run now (same content only)."""
+        media_tags: list[Tag] = []
+        frame_tags: dict[int, list[Tag]] = {}
+        for res in results.values():
+            media_tags.extend(res.tags)
+            for i, tags in res.frame_tags.items():
+                frame_tags.setdefault(i, []).extend(tags)
+        if it.existing and it.existing[0][1].get("sha256") == it.media.sha256:
+            ran = set(results)
+            media_tags.extend(t for t in stored_media_tags(it.existing[0][1]) if t.provider not in ran)
+        return media_tags, frame_tags
+
+    def _count(self, it: WorkItem, report: RunReport) -> None:
+        if it.status == "new":
+            report.new += 1
+        elif it.status == "updated":
+            report.updated += 1
+        elif it.status == "unchanged":
+            report.unchanged += 1
+        elif it.status == "skipped":
+            report.skipped.append(ItemFailure(it.ref.uri, it.reason or "skipped"))
+        else:
+            report.failed.append(ItemFailure(it.ref.uri, it.reason or "failed"))
+        self.on_item(it.ref, it.status, it.reason)
+

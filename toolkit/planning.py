@@ -1,0 +1,74 @@
+"""`toolkit tag --dry-run`: what would go to each tagger, and what it would cost, with no tagger called."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from toolkit.media import sniff
+from toolkit.models import Media
+from toolkit.records import media_id
+from toolkit.settings import Settings
+
+if TYPE_CHECKING:
+    from connectors.base import Connector
+    from store.chroma import ChromaStore
+    from toolkit.tagging import TaggerPlan
+
+
+@dataclass
+class TaggerPlanLine:
+    tagger: str
+    unit: str
+    items: list[str] = field(default_factory=list)
+    units: float = 0.0
+
+
+@dataclass
+class DryRunReport:
+    source: str
+    lines: dict[str, TaggerPlanLine] = field(default_factory=dict)
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _video_duration(data: bytes) -> float | None:
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as c:
+            s = c.streams.video[0] if c.streams.video else None
+            if s is not None and s.duration is not None and s.time_base is not None:
+                return float(s.duration * s.time_base)
+            return c.duration / 1_000_000 if c.duration else None
+    except Exception:
+        return None
+
+
+def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "ChromaStore",
+            settings: Settings) -> DryRunReport:
+    report = DryRunReport(source=uri)
+    for ref in connector.list(uri):
+        existing = store.get(where={"media_id": media_id(ref.uri)})
+        if existing and existing[0].metadata.get("fingerprint") == ref.fingerprint and ref.fingerprint:
+            report.unchanged += 1
+            continue
+        data = connector.read(ref)
+        kind = sniff(data).kind if data else None
+        if kind is None:
+            report.skipped.append((ref.uri, "empty" if not data else "not an image or a video"))
+            continue
+        media = Media(ref=ref, data=data, kind=kind, sha256="", mime="",
+                      duration=_video_duration(data) if kind == "video" else None)
+        for tagger in plan.get(kind, []):
+            line = report.lines.setdefault(tagger.name, TaggerPlanLine(tagger.name, getattr(tagger, "billing_unit", "item")))
+            line.items.append(ref.uri)
+            line.units += _units(tagger, media)
+    return report
+
+
+def _units(tagger, media: Media) -> float:
+    billable = getattr(tagger, "billable_units", None)
+    return float(billable(media)) if billable else 1.0
+
+

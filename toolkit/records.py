@@ -1,0 +1,124 @@
+"""How a media item, its tags and its product become store records, and back into Hits.
+
+One record per picture: an image is one record, a video one record per kept frame (all
+under the video's media id, each with its timestamp). Ids are stable: media id from the
+URI, plus the content hash, plus the frame index, so a re-run never duplicates.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any, Iterable
+
+import numpy as np
+
+from store.base import Metadata, Record
+from toolkit.models import Box, Hit, Media, MediaRef, Product, Tag
+
+PRODUCT_FIELDS = ("product_id", "title", "price", "currency", "url")
+ATTR_PREFIX = "attr_"
+TAG_PREFIX = "tag_"
+
+
+def media_id(uri: str) -> str:
+    return hashlib.sha1(uri.encode("utf-8")).hexdigest()[:20]
+
+
+def record_id(uri: str, sha256: str, frame: int | None) -> str:
+    base = f"{media_id(uri)}-{sha256[:12]}"
+    return base if frame is None else f"{base}-f{frame:03d}"
+
+
+def tag_to_dict(tag: Tag) -> dict[str, Any]:
+    d = {k: v for k, v in asdict(tag).items() if v is not None}
+    d["confidence"] = round(float(tag.confidence), 4)
+    return d
+
+
+def tag_from_dict(d: dict[str, Any]) -> Tag:
+    box = d.get("box")
+    return Tag(group=d["group"], label=d["label"], confidence=float(d.get("confidence", 0.0)),
+               provider=d.get("provider", "?"), start=d.get("start"), end=d.get("end"),
+               box=Box(**box) if isinstance(box, dict) else None)
+
+
+def best_by_group(tags: Iterable[Tag]) -> dict[str, Tag]:
+    best: dict[str, Tag] = {}
+    for t in tags:
+        if t.group not in best or t.confidence > best[t.group].confidence:
+            best[t.group] = t
+    return best
+
+
+def filter_token(group: str, label: str) -> str:
+    """The form `--where group=label` matches: case-insensitive, whichever provider said it."""
+    return f"{group.strip().lower()}:{label.strip().lower()}"
+
+
+def tag_fields(media_tags: list[Tag], frame_tags: list[Tag]) -> Metadata:
+    fields: Metadata = {}
+    for group, tag in best_by_group(media_tags).items():
+        fields[TAG_PREFIX + group] = tag.label
+        fields[f"tagconf_{group}"] = round(float(tag.confidence), 4)
+    tokens = sorted({filter_token(t.group, t.label) for t in [*media_tags, *frame_tags]})
+    fields["tags"] = tokens
+    fields["providers"] = sorted({t.provider for t in [*media_tags, *frame_tags]})
+    fields["tags_json"] = json.dumps([tag_to_dict(t) for t in media_tags])
+    if frame_tags:
+        fields["frame_tags_json"] = json.dumps([tag_to_dict(t) for t in frame_tags])
+    return fields
+
+
+def product_fields(product: Product | None) -> Metadata:
+    if product is None:
+        return {}
+    fields: Metadata = {"product_id": product.product_id, "title": product.title,
+                        "price": product.price, "currency": product.currency, "url": product.url}
+    for name, value in product.attributes.items():
+        fields[ATTR_PREFIX + name] = value
+    return {k: v for k, v in fields.items() if v is not None and v != ""}
+
+
+def strip_product_fields(meta: Metadata) -> Metadata:
+    return {k: v for k, v in meta.items() if k not in PRODUCT_FIELDS and not k.startswith(ATTR_PREFIX)}
+
+
+def media_fields(ref: MediaRef, media: Media) -> Metadata:
+    return {"media_id": media_id(ref.uri), "uri": ref.uri, "key": ref.key, "name": ref.name,
+            "kind": media.kind, "sha256": media.sha256, "fingerprint": ref.fingerprint,
+            "mime": media.mime, "duration": media.duration}
+
+
+def build_records(media: Media, media_tags: list[Tag], frame_tags: dict[int, list[Tag]],
+                  product: Product | None) -> list[Record]:
+    assert media.embeddings is not None and len(media.embeddings) == len(media.frames)
+    base = {**media_fields(media.ref, media), **product_fields(product)}
+    records = []
+    for i, frame in enumerate(media.frames):
+        frame_no = i if media.kind == "video" else None
+        meta = {**base, **tag_fields(media_tags, frame_tags.get(i, []))}
+        if frame_no is not None:
+            meta.update(frame=frame_no, timestamp=frame.timestamp)
+        records.append(Record(id=record_id(media.ref.uri, media.sha256, frame_no),
+                              embedding=np.asarray(media.embeddings[i], dtype=np.float32), metadata=meta))
+    return records
+
+
+def stored_media_tags(meta: Metadata) -> list[Tag]:
+    return [tag_from_dict(d) for d in json.loads(meta.get("tags_json") or "[]")]
+
+
+def stored_frame_tags(meta: Metadata) -> list[Tag]:
+    return [tag_from_dict(d) for d in json.loads(meta.get("frame_tags_json") or "[]")]
+
+
+def hit_from_metadata(meta: Metadata, score: float) -> Hit:
+    tags = {k[len(TAG_PREFIX):]: v for k, v in meta.items() if k.startswith(TAG_PREFIX)}
+    attrs = {k[len(ATTR_PREFIX):]: v for k, v in meta.items() if k.startswith(ATTR_PREFIX)}
+    price = meta.get("price")
+    return Hit(product_id=meta.get("product_id"), title=meta.get("title"),
+               price=float(price) if price is not None else None, currency=meta.get("currency"),
+               url=meta.get("url"), score=round(float(score), 4), tags=tags, media_uri=meta.get("uri", ""),
+               timestamp=meta.get("timestamp"), media_id=meta.get("media_id", ""),
+               kind=meta.get("kind", "image"), attributes=attrs)

@@ -1,0 +1,120 @@
+"""Name -> factory for connectors, embedders, taggers and stores.
+
+Backends are imported only when asked for, so `toolkit --help` stays instant and a
+missing optional SDK only matters to the user who picks that backend.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+from urllib.parse import urlparse
+
+from toolkit.errors import ConfigError, SourceError
+from toolkit.settings import Settings
+
+if TYPE_CHECKING:
+    from connectors.base import Connector
+    from store.base import VectorStore
+    from taggers.base import Embedder, Tagger
+
+
+def _local(settings: Settings) -> "Connector":
+    from connectors.local import LocalConnector
+
+    return LocalConnector()
+
+
+def _s3(settings: Settings) -> "Connector":
+    from connectors.s3 import S3Connector
+
+    return S3Connector(endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+
+
+CONNECTORS: dict[str, Callable[[Settings], "Connector"]] = {"file": _local, "s3": _s3}
+
+
+def scheme_of(uri: str) -> str:
+    scheme = urlparse(uri).scheme
+    # A Windows drive letter or a bare path is a local folder.
+    return scheme if len(scheme) > 1 else "file"
+
+
+def connector_for(uri: str, settings: Settings) -> "Connector":
+    scheme = scheme_of(uri)
+    if scheme not in CONNECTORS:
+        known = ", ".join(f"{s}://" for s in sorted(CONNECTORS))
+        raise SourceError(f"{uri}: no connector for '{scheme}://' sources; use a folder or one of {known}")
+    return CONNECTORS[scheme](settings)
+
+
+def _offline(settings: Settings) -> "Embedder":
+    from taggers.offline_model import OfflineEmbedder
+
+    return OfflineEmbedder(heads_path=settings.heads_path, runtime=settings.runtime,
+                           batch_size=settings.batch_size, threads=settings.threads)
+
+
+def _clip(settings: Settings) -> "Embedder":
+    from taggers.clip_model import ClipEmbedder
+
+    return ClipEmbedder(settings.clip_model, batch_size=settings.batch_size, threads=settings.threads)
+
+
+EMBEDDERS: dict[str, Callable[[Settings], "Embedder"]] = {"offline": _offline, "clip": _clip}
+
+
+def embedder(settings: Settings) -> "Embedder":
+    if settings.model not in EMBEDDERS:
+        raise ConfigError(f"TOOLKIT_MODEL={settings.model!r} is not a model; use one of {', '.join(EMBEDDERS)}")
+    return EMBEDDERS[settings.model](settings)
+
+
+def store(settings: Settings, embedder: "Embedder", collection: str | None = None) -> "VectorStore":
+    from store.chroma import ChromaStore
+
+    return ChromaStore.open(settings, collection or settings.collection,
+                            model_id=embedder.model_id, dim=embedder.dim)
+
+
+def _local_tagger(settings: Settings, embedder: "Embedder") -> "Tagger":
+    from taggers.clip_local import LocalTagger
+
+    return LocalTagger(embedder, vocabulary=settings.vocabulary, threshold=settings.tag_threshold)
+
+
+def _azure(settings: Settings, embedder: "Embedder") -> "Tagger":
+    from taggers.azure_custom_vision import AzureCustomVisionTagger
+
+    return AzureCustomVisionTagger.from_settings(settings)
+
+
+def _gcp(settings: Settings, embedder: "Embedder") -> "Tagger":
+    from taggers.gcp_video_intelligence import VideoIntelligenceTagger
+
+    return VideoIntelligenceTagger.from_settings(settings)
+
+
+TAGGERS: dict[str, Callable[[Settings, "Embedder"], "Tagger"]] = {
+    "local": _local_tagger, "azure": _azure, "gcp": _gcp,
+}
+
+
+def tagger(name: str, settings: Settings, embedder: "Embedder") -> "Tagger":
+    if name not in TAGGERS:
+        raise ConfigError(f"--tagger {name!r} is not a tagger; use one of auto, {', '.join(TAGGERS)}")
+    return TAGGERS[name](settings, embedder)
+
+
+def tagger_class(name: str) -> type | None:
+    """The class behind a cloud tagger, for `is_configured` checks; None if its SDK is missing."""
+    try:
+        if name == "azure":
+            from taggers.azure_custom_vision import AzureCustomVisionTagger
+
+            return AzureCustomVisionTagger
+        if name == "gcp":
+            from taggers.gcp_video_intelligence import VideoIntelligenceTagger
+
+            return VideoIntelligenceTagger
+    except ImportError:
+        return None
+    return None
