@@ -11,6 +11,10 @@ class Connector(Protocol):
     #: URI schemes this connector serves ("file", "s3").
     schemes: ClassVar[frozenset[str]]
 
+    def check(self, uri: str) -> None:
+        """Raise SourceError now if `uri` cannot be listed, before any model is loaded."""
+        ...
+
     def list(self, uri: str) -> Iterator[MediaRef]:
         """Yield every object under `uri`, lazily (never the whole listing in memory)."""
         ...

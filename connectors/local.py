@@ -19,13 +19,17 @@ def to_path(uri: str) -> Path:
 class LocalConnector:
     schemes: ClassVar[frozenset[str]] = frozenset({"file"})
 
+    def check(self, uri: str) -> None:
+        root = to_path(uri).expanduser()
+        if not root.exists():
+            raise SourceError(f"{uri}: no such folder; check the path")
+
     def list(self, uri: str) -> Iterator[MediaRef]:
+        self.check(uri)
         root = to_path(uri).expanduser().resolve()
         if root.is_file():
             yield self._ref(root, root.parent)
             return
-        if not root.is_dir():
-            raise SourceError(f"{uri}: no such folder; check the path")
         for dirpath, dirnames, filenames in os.walk(root):
             # Sorted, hidden folders skipped: a stable order makes progress and resumes predictable.
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

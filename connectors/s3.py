@@ -39,6 +39,13 @@ class S3Connector:
             self._local.client = client
         return client
 
+    def check(self, uri: str) -> None:
+        bucket, _ = parse_s3_uri(uri)
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except Exception as exc:
+            raise SourceError(f"{uri}: cannot list the bucket ({_describe(exc)})") from exc
+
     def list(self, uri: str) -> Iterator[MediaRef]:
         bucket, prefix = parse_s3_uri(uri)
         paginator = self.client.get_paginator("list_objects_v2")
@@ -82,7 +89,7 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = err.get("Code", "error")
-        if code in ("NoSuchBucket",):
+        if code in ("NoSuchBucket", "404", "NotFound"):
             return "no such bucket; check the bucket name"
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return f"{code}: check the AWS credentials and the bucket policy"

@@ -125,10 +125,9 @@ def load_products(products: "ChromaStore") -> ProductIndex:
     return ProductIndex(product_from_meta(m) for _, m in products.iter_metadata())
 
 
-def import_products(path: Path, embedder: "Embedder", products: "ChromaStore", media: "ChromaStore",
+def import_products(rows: list[Product], embedder: "Embedder", products: "ChromaStore", media: "ChromaStore",
                     batch: int = 512) -> ImportReport:
     report = ImportReport()
-    rows = list(read_products(path))
     seen: dict[str, Product] = {}
     for p in rows:
         seen[p.product_id] = p  # a later row for the same id wins, as in a spreadsheet

@@ -78,6 +78,7 @@ class Toolkit:
 
         uri = str(source)
         connector = registry.connector_for(uri, self.settings)
+        connector.check(uri)
         plan = plan_taggers(tagger, self.settings, self.embedder)
         pipeline = Pipeline(connector=connector, embedder=self.embedder, store=self.store, plan=plan,
                             products=load_products(self.products_store), settings=self.settings,
@@ -90,21 +91,29 @@ class Toolkit:
         from toolkit.tagging import plan_taggers
 
         uri = str(source)
+        connector = registry.connector_for(uri, self.settings)
+        connector.check(uri)
         plan = plan_taggers(tagger, self.settings, self.embedder)
-        return dry_run(registry.connector_for(uri, self.settings), uri, plan, self.store, self.settings)
+        return dry_run(connector, uri, plan, self.store, self.settings)
 
     def search(self, text: str | None = None, image: str | Path | bytes | None = None, k: int = 10,
                where: Where = None, min_score: float | None = None) -> list[Hit]:
         """Products most similar to a text, an image (path or bytes), or both."""
-        from toolkit.search import search
+        from toolkit.search import load_query_image, search, validate_k
+        from toolkit.filters import to_chroma_where
 
-        return search(self.embedder, self.store, text=text, image=image, k=k, where=where, min_score=min_score)
+        # Check the request before the model loads: a typo should fail in milliseconds.
+        validate_k(k)
+        to_chroma_where(where)
+        picture = load_query_image(image) if image is not None else None
+        return search(self.embedder, self.store, text=text, image=picture, k=k, where=where, min_score=min_score)
 
     def import_catalog(self, path: str | Path) -> "ImportReport":
         """Load products from a CSV and link them to the media they name. Re-importing updates."""
-        from toolkit.catalog import import_products
+        from toolkit.catalog import import_products, read_products
 
-        return import_products(Path(path), self.embedder, self.products_store, self.store)
+        products = list(read_products(Path(path)))  # a bad file fails before the model loads
+        return import_products(products, self.embedder, self.products_store, self.store)
 
     def stats(self, top: int = 5) -> Stats:
         from store.chroma import describe_location

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from toolkit.errors import QueryError
 from toolkit.filters import Where, to_chroma_where
@@ -23,27 +24,38 @@ if TYPE_CHECKING:
 MAX_K = 200
 
 
+ImageQuery = str | Path | bytes | Image.Image
+
+
 def query_vector(embedder: "Embedder", text: str | None = None,
-                 image: str | Path | bytes | None = None) -> np.ndarray:
+                 image: ImageQuery | None = None) -> np.ndarray:
     """One L2-normalised vector for a text, an image, or both (their normalised sum)."""
     vecs = []
     if text is not None and text.strip():
         vecs.append(embedder.embed_texts([text.strip()])[0])
     if image is not None:
-        vecs.append(embedder.embed_images([load_query_image(image)])[0])
+        picture = image if isinstance(image, Image.Image) else load_query_image(image)
+        vecs.append(embedder.embed_images([picture])[0])
     if not vecs:
         raise QueryError("nothing to search for; give a text query, an image, or both")
     v = np.sum(vecs, axis=0)
     return (v / (np.linalg.norm(v) or 1.0)).astype(np.float32)
 
 
-def load_query_image(image: str | Path | bytes):
+def load_query_image(image: ImageQuery) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
     if isinstance(image, (bytes, bytearray)):
         return decode_image(bytes(image), name="query image")
     path = Path(image).expanduser()
     if not path.is_file():
         raise QueryError(f"{path}: no such image file; check the path")
     return decode_image(path.read_bytes(), name=str(path))
+
+
+def validate_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k={k} is out of range; use 1 to {MAX_K}")
 
 
 def group_key(meta: dict) -> str:
@@ -53,8 +65,7 @@ def group_key(meta: dict) -> str:
 
 def search_vector(store: "ChromaStore", vector: np.ndarray, k: int = 10, where: Where = None,
                   min_score: float | None = None, exclude: set[str] | None = None) -> list[Hit]:
-    if not 1 <= k <= MAX_K:
-        raise QueryError(f"k={k} is out of range; use 1 to {MAX_K}")
+    validate_k(k)
     chroma_where = to_chroma_where(where)
     total = store.count()
     n = min(total, k * 4)
@@ -81,7 +92,7 @@ def _best_per_group(matches, exclude: set[str]) -> list[Hit]:
 
 
 def search(embedder: "Embedder", store: "ChromaStore", *, text: str | None = None,
-           image: str | Path | bytes | None = None, k: int = 10, where: Where = None,
+           image: ImageQuery | None = None, k: int = 10, where: Where = None,
            min_score: float | None = None) -> list[Hit]:
     to_chroma_where(where)  # a bad filter fails before the model loads
     vector = query_vector(embedder, text=text, image=image)

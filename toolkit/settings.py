@@ -12,7 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="TOOLKIT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="TOOLKIT_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        env_ignore_empty=True
     )
 
     # Where things are kept

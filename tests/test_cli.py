@@ -1,0 +1,87 @@
+"""The `toolkit` command: help for everything, one-line errors with exit codes, secrets masked."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.helpers import REPO
+
+TOOLKIT = str(Path(sys.executable).parent / "toolkit")
+
+
+def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([TOOLKIT, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def all_commands():
+    from toolkit.cli import app
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            for sub in cmd.commands:
+                yield (name, sub)
+        else:
+            yield (name,)
+
+
+@pytest.mark.parametrize("path", list(all_commands()), ids=lambda p: " ".join(p))
+def test_every_command_has_help_and_is_in_the_readme(path):
+    from toolkit.cli import app
+
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 4
+    assert f"toolkit {' '.join(path)}" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize("args,message,code", [
+    (["search"], "error: nothing to search for; give a TEXT query or --image PATH", 1),
+    (["tag", "/no/such/folder"], "error: /no/such/folder: no such folder; check the path", 1),
+    (["tag", "ftp://host/x"], "no connector for 'ftp://' sources", 1),
+    (["search", "shoes", "--where", "price<cheap"], "'cheap' is not a number", 1),
+    (["search", "shoes", "--where", "colour"], "is not of the form field=value", 1),
+    (["search", "--image", "/no/such.jpg"], "/no/such.jpg: no such image file", 1),
+    (["catalog", "import", "/no/products.csv"], "no such file; give the path of a products CSV", 1),
+    (["tag", ".", "--tagger", "vision9000"], "--tagger 'vision9000' is not a tagger", 2),
+])
+def test_errors_are_one_line_with_exit_code(args, message, code):
+    result = run(*args)
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_masks_secrets(tmp_path):
+    (tmp_path / ".env").write_text("TOOLKIT_AZURE_CV_PREDICTION_KEY=from-dotenv-0123456789\nTOOLKIT_COLLECTION=shoes\n")
+    result = run("config", env={"TOOLKIT_BATCH_SIZE": "8"}, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "from-dotenv-0123456789" not in result.stdout
+    assert "TOOLKIT_AZURE_CV_PREDICTION_KEY" in result.stdout and "****** (set)" in result.stdout
+    assert "TOOLKIT_COLLECTION" in result.stdout and "shoes" in result.stdout
+    assert "TOOLKIT_BATCH_SIZE" in result.stdout
+
+
+def test_env_example_lists_every_setting():
+    from toolkit.settings import Settings
+
+    text = (REPO / ".env.example").read_text()
+    missing = [n for n in Settings.model_fields if f"TOOLKIT_{n.upper()}=" not in text]
+    assert missing == []
+
+
+def test_help_does_not_load_the_model():
+    code = ("import sys, toolkit.cli; "
+            "sys.argv=['toolkit','--help']\n"
+            "try: toolkit.cli.main()\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules, 'chromadb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "False False"
