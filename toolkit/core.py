@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from toolkit import registry
 from toolkit.filters import Where
@@ -70,7 +70,8 @@ class Toolkit:
                                             collection=f"{self.settings.collection}-products")
         return self._products
 
-    def tag(self, source: str | Path, tagger: str = "auto", on_item: "ItemCallback | None" = None) -> RunReport:
+    def tag(self, source: str | Path, tagger: str = "auto", on_item: "ItemCallback | None" = None,
+            on_listed: "Callable[[int], None] | None" = None) -> RunReport:
         """Tag and index every image and video under `source` (a folder or s3://bucket/prefix)."""
         from toolkit.catalog import load_products
         from toolkit.pipeline import Pipeline
@@ -82,7 +83,7 @@ class Toolkit:
         plan = plan_taggers(tagger, self.settings, self.embedder)
         pipeline = Pipeline(connector=connector, embedder=self.embedder, store=self.store, plan=plan,
                             products=load_products(self.products_store), settings=self.settings,
-                            on_item=on_item)
+                            on_item=on_item, on_listed=on_listed)
         return pipeline.run(uri)
 
     def plan(self, source: str | Path, tagger: str = "auto") -> "DryRunReport":
@@ -106,7 +107,15 @@ class Toolkit:
         validate_k(k)
         to_chroma_where(where)
         picture = load_query_image(image) if image is not None else None
-        return search(self.embedder, self.store, text=text, image=picture, k=k, where=where, min_score=min_score)
+        return search(self.embedder, self.store, text=text, image=picture, k=k, where=where, min_score=min_score,
+                      hybrid_weight=self.settings.hybrid_weight)
+
+    def more_like_this(self, id: str, k: int = 10, where: Where = None,
+                       min_score: float | None = None) -> list[Hit]:
+        """Products like a product or media item already in the store, by its product_id or media_id."""
+        from toolkit.search import more_like_this
+
+        return more_like_this(self.store, id, k=k, where=where, min_score=min_score)
 
     def import_catalog(self, path: str | Path) -> "ImportReport":
         """Load products from a CSV and link them to the media they name. Re-importing updates."""

@@ -54,10 +54,12 @@ def batched(it: Iterable, n: int) -> Iterator[list]:
 class Pipeline:
     def __init__(self, *, connector: "Connector", embedder: "Embedder", store: "ChromaStore",
                  plan: "TaggerPlan", products: ProductIndex, settings: Settings,
-                 on_item: ItemCallback | None = None, chunk_size: int = 64, io_workers: int = 8) -> None:
+                 on_item: ItemCallback | None = None, on_listed: Callable[[int], None] | None = None,
+                 chunk_size: int = 64, io_workers: int = 8) -> None:
         self.connector, self.embedder, self.store = connector, embedder, store
         self.plan, self.products, self.settings = plan, products, settings
         self.on_item = on_item or (lambda ref, status, reason: None)
+        self.on_listed = on_listed or (lambda n: None)
         self.chunk_size, self.io_workers = chunk_size, io_workers
 
     # -- producer side: list, look up, read, decode ---------------------------------------------
@@ -98,10 +100,13 @@ class Pipeline:
 
     def _produce(self, uri: str, out: "queue.Queue", stop: threading.Event) -> None:
         try:
+            listed = 0
             with ThreadPoolExecutor(self.io_workers, thread_name_prefix="toolkit-io") as pool:
                 for refs in batched(self.connector.list(uri), self.chunk_size):
                     if stop.is_set():
                         return
+                    listed += len(refs)
+                    self.on_listed(listed)
                     existing = self._lookup(refs)
                     items = [WorkItem(ref=r, existing=existing.get(media_id(r.uri), [])) for r in refs]
                     for it in items:

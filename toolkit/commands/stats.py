@@ -20,4 +20,4 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) 
     out.print(f"products    {s.products} ({s.linked_media} media linked to a product)", highlight=False)
     for group, counts in s.tag_counts.items():
         top = ", ".join(f"{label} {n}" for label, n in counts.items())
-        out.print(f"tag {group:<14} {top}", highlight=False)
+        out.print(f"tag {group:<16} {top}", highlight=False, soft_wrap=True)

@@ -33,7 +33,7 @@ def tag(
 def _run_with_progress(tk: Toolkit, source: str, tagger: str) -> RunReport:
     counts = {"new": 0, "updated": 0, "unchanged": 0, "skipped": 0, "failed": 0}
     with Progress(SpinnerColumn(), TextColumn("[bold]tagging[/]"), BarColumn(bar_width=None),
-                  TextColumn("{task.completed} items"), TextColumn("{task.description}"),
+                  TextColumn("{task.completed}/{task.total} listed"), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("", total=None)
 
@@ -43,7 +43,10 @@ def _run_with_progress(tk: Toolkit, source: str, tagger: str) -> RunReport:
             if status in ("skipped", "failed") and not err.is_terminal:
                 err.print(f"{status}: {reason}", highlight=False, soft_wrap=True)
 
-        return tk.tag(source, tagger=tagger, on_item=on_item)
+        def on_listed(n):
+            bar.update(task, total=n)
+
+        return tk.tag(source, tagger=tagger, on_item=on_item, on_listed=on_listed)
 
 
 def _print_summary(r: RunReport) -> None:
