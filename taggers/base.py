@@ -27,6 +27,10 @@ class Tagger(Protocol):
     name: ClassVar[str]
     #: Media kinds this tagger handles: {"image"}, {"video"} or both.
     media_types: ClassVar[frozenset[str]]
+    # Optional capabilities, read with getattr by the pipeline and the dry run:
+    #   needs_embeddings: ClassVar[bool]  -- runs after the embedder filled media.embeddings
+    #   stats, limiter                   -- call counters and rate limiter, for the run summary
+    #   billing_unit, unit_price_usd, billable_units(media), describe(media)  -- for --dry-run
 
     def tag(self, items: Sequence[Media]) -> Iterator[TagResult]:
         """One TagResult per item, in any order. A per-item failure is a TagResult with `error`

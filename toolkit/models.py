@@ -135,6 +135,8 @@ class RunReport:
     failed: list[ItemFailure] = field(default_factory=list)
     records_written: int = 0
     taggers: dict[str, int] = field(default_factory=dict)
+    #: Per cloud service: calls, retries, throttled, busiest second against the configured rate.
+    services: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property

@@ -130,6 +130,8 @@ class Pipeline:
         producer = threading.Thread(target=self._produce, args=(uri, out, stop), daemon=True,
                                     name="toolkit-producer")
         producer.start()
+        self._cloud = ThreadPoolExecutor(1, thread_name_prefix="toolkit-cloud")
+        self._first_chunk = True
         try:
             while (items := out.get()) is not None:
                 if isinstance(items, BaseException):
@@ -142,13 +144,32 @@ class Pipeline:
                     out.get(timeout=0.1)
                 except queue.Empty:
                     pass
+            self._cloud.shutdown(wait=False, cancel_futures=True)
+            report.services = self._service_stats()
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 
+    def _service_stats(self) -> dict[str, dict]:
+        out = {}
+        for tagger in {id(t): t for ts in self.plan.values() for t in ts}.values():
+            stats, limiter = getattr(tagger, "stats", None), getattr(tagger, "limiter", None)
+            if stats is not None:
+                out[tagger.name] = {**stats.as_dict(),
+                                    "busiest_second": limiter.max_in_window(1.0) if limiter else None}
+        return out
+
     def _process(self, items: list[WorkItem], report: RunReport) -> None:
         ready = [it for it in items if it.media is not None]
+        # Cloud calls go out while the model embeds. On the first chunk they go first, so a
+        # bad key stops the run before the model has even loaded.
+        cloud = self._cloud.submit(self._tag, ready, report, False)
+        if self._first_chunk:
+            cloud.result()
+            self._first_chunk = False
         self._embed([it.media for it in ready])
-        results = self._tag(ready, report)
+        results = self._tag(ready, report, True)
+        for uri, by_tagger in cloud.result().items():
+            results.setdefault(uri, {}).update(by_tagger)
         for it in items:
             if it.media is not None:
                 self._write(it, results.get(it.ref.uri, {}), report)
@@ -168,12 +189,15 @@ class Pipeline:
             m.embeddings = vecs[pos:pos + len(m.frames)]
             pos += len(m.frames)
 
-    def _tag(self, ready: list[WorkItem], report: RunReport) -> dict[str, dict[str, object]]:
-        """uri -> tagger name -> TagResult. A FatalTaggerError propagates and stops the run."""
+    def _tag(self, ready: list[WorkItem], report: RunReport, after_embedding: bool) -> dict[str, dict[str, object]]:
+        """uri -> tagger name -> TagResult, from the taggers that run before or after embedding.
+        A FatalTaggerError propagates and stops the run."""
         results: dict[str, dict[str, object]] = {}
         for kind in {it.media.kind for it in ready}:
             medias = [it.media for it in ready if it.media.kind == kind]
             for tagger in self.plan.get(kind, []):
+                if bool(getattr(tagger, "needs_embeddings", False)) != after_embedding:
+                    continue
                 for res in tagger.tag(medias):
                     results.setdefault(res.ref.uri, {})[tagger.name] = res
                 report.taggers[tagger.name] = report.taggers.get(tagger.name, 0) + len(medias)

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 class TaggerPlanLine:
     tagger: str
     unit: str
+    unit_price_usd: float = 0.0
     items: list[str] = field(default_factory=list)
     units: float = 0.0
+    cost_usd: float = 0.0
 
 
 @dataclass
@@ -61,9 +63,12 @@ def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "Chroma
         media = Media(ref=ref, data=data, kind=kind, sha256="", mime="",
                       duration=_video_duration(data) if kind == "video" else None)
         for tagger in plan.get(kind, []):
-            line = report.lines.setdefault(tagger.name, TaggerPlanLine(tagger.name, getattr(tagger, "billing_unit", "item")))
-            line.items.append(ref.uri)
+            line = report.lines.setdefault(tagger.name, TaggerPlanLine(
+                tagger.name, getattr(tagger, "billing_unit", "item"), getattr(tagger, "unit_price_usd", 0.0)))
+            describe = getattr(tagger, "describe", None)
+            line.items.append(describe(media) if describe else f"{tagger.name} {kind} {ref.uri}")
             line.units += _units(tagger, media)
+            line.cost_usd = round(line.units * line.unit_price_usd, 4)
     return report
 
 

@@ -54,6 +54,10 @@ def _print_summary(r: RunReport) -> None:
     err.print(f"tagged {r.source} in {r.seconds:.1f}s: {r.new} new, {r.updated} updated, "
               f"{r.unchanged} unchanged, {len(r.skipped)} skipped, {len(r.failed)} failed "
               f"(taggers: {by}; {r.records_written} records written)", highlight=False, soft_wrap=True)
+    for name, st in sorted(r.services.items()):
+        err.print(f"  {name}: {st['calls']} calls ({st['retries']} retries, {st['throttled']} throttled) "
+                  f"at most {st['busiest_second']} in one second, limit {st['rate_limit_per_s']:g}/s",
+                  highlight=False, soft_wrap=True)
     for f in r.skipped:
         err.print(f"  skipped {f.reason}", highlight=False, soft_wrap=True)
     for f in r.failed:
@@ -66,9 +70,11 @@ def _print_plan(plan, as_json: bool) -> None:
         return
     out.print(f"dry run for {plan.source}: nothing was sent", highlight=False)
     for line in plan.lines.values():
-        out.print(f"  {line.tagger}: {len(line.items)} items, {line.units:g} billable {line.unit}s", highlight=False)
-        for uri in line.items:
-            out.print(f"    {uri}", highlight=False, soft_wrap=True)
+        cost = f" (about ${line.cost_usd:.2f})" if line.unit_price_usd else " (no charge)"
+        out.print(f"  {line.tagger}: {len(line.items)} items, {line.units:g} billable {line.unit}s{cost}",
+                  highlight=False)
+        for item in line.items:
+            out.print(f"    {item}", highlight=False, soft_wrap=True)
     out.print(f"  unchanged (not sent): {plan.unchanged}", highlight=False)
     for uri, why in plan.skipped:
         out.print(f"  skipped {uri}: {why}", highlight=False, soft_wrap=True)
