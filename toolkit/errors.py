@@ -52,3 +52,7 @@ class CatalogError(ToolkitError):
 
 class QueryError(ToolkitError):
     """A search request is malformed (bad filter, no query)."""
+
+
+class NotFoundError(QueryError):
+    """A search names a product or media id that is not in the store."""

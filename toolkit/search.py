@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from toolkit.errors import QueryError
+from toolkit.errors import NotFoundError, QueryError
 from toolkit.filters import Where, to_chroma_where
 from toolkit.media import decode_image
 from toolkit.models import Hit
+from toolkit.ranking import query_words, rerank
 from toolkit.records import hit_from_metadata
 
 if TYPE_CHECKING:
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
     from taggers.base import Embedder
 
 MAX_K = 200
+#: Hybrid ranking re-ranks the products among this many nearest records (at least 4 x k), so an
+#: exact word can lift a product from well below the top k. Each record read costs about
+#: 0.25 ms of metadata (bench/api_latency.py), so this is a latency budget as much as a depth.
+HYBRID_RECORDS = 100
+DEFAULT_HYBRID_WEIGHT = 0.3
 
 
 ImageQuery = str | Path | bytes | Image.Image
@@ -66,18 +72,25 @@ def group_key(meta: dict) -> str:
 def search_vector(store: "ChromaStore", vector: np.ndarray, k: int = 10, where: Where = None,
                   min_score: float | None = None, exclude: set[str] | None = None) -> list[Hit]:
     validate_k(k)
+    hits = nearest_products(store, vector, k, where, exclude)[:k]
+    if min_score is not None:
+        hits = [h for h in hits if h.score >= min_score]
+    return hits
+
+
+def nearest_products(store: "ChromaStore", vector: np.ndarray, k: int, where: Where = None,
+                     exclude: set[str] | None = None, records: int | None = None) -> list[Hit]:
+    """The nearest products (best record per product), best first: all those among the nearest
+    `records` records (default 4 x k), and more records are read until there are at least k."""
     chroma_where = to_chroma_where(where)
     total = store.count()
-    n = min(total, k * 4)
+    n = min(total, max(records or 0, k * 4))
     while True:
         matches = store.query(vector, n, where=chroma_where)
         hits = _best_per_group(matches, exclude or set())
         if len(hits) >= k or n >= total or len(matches) < n:
             break
         n = min(total, n * 4)
-    hits = hits[:k]
-    if min_score is not None:
-        hits = [h for h in hits if h.score >= min_score]
     return hits
 
 
@@ -93,7 +106,33 @@ def _best_per_group(matches, exclude: set[str]) -> list[Hit]:
 
 def search(embedder: "Embedder", store: "ChromaStore", *, text: str | None = None,
            image: ImageQuery | None = None, k: int = 10, where: Where = None,
-           min_score: float | None = None) -> list[Hit]:
+           min_score: float | None = None, hybrid_weight: float = DEFAULT_HYBRID_WEIGHT) -> list[Hit]:
+    """Products for a text, an image or both. When the text has words, exact word matches
+    re-rank the nearest candidates (toolkit.ranking); min_score applies to the final score."""
+    validate_k(k)
     to_chroma_where(where)  # a bad filter fails before the model loads
     vector = query_vector(embedder, text=text, image=image)
-    return search_vector(store, vector, k=k, where=where, min_score=min_score)
+    if hybrid_weight <= 0 or not query_words(text):
+        return search_vector(store, vector, k=k, where=where, min_score=min_score)
+    pool = nearest_products(store, vector, k, where, records=HYBRID_RECORDS)
+    hits = rerank(pool, text, hybrid_weight)[:k]
+    return [h for h in hits if min_score is None or h.score >= min_score]
+
+
+def more_like_this(store: "ChromaStore", id: str, k: int = 10, where: Where = None,
+                   min_score: float | None = None) -> list[Hit]:
+    """Products like a product (by product id) or a media item (by media id) already in the store.
+
+    The query is the mean of the item's stored vectors (every photo of a product, every kept
+    frame of a video), so no model runs; the item's own product is left out of the results.
+    """
+    validate_k(k)
+    to_chroma_where(where)
+    records = store.get(where={"$or": [{"product_id": id}, {"media_id": id}]}, include_embeddings=True)
+    if not records:
+        raise NotFoundError(f"no product or media with id {id!r} in the store; "
+                            "use a product_id or media_id from a search result")
+    v = np.mean([r.embedding for r in records], axis=0)
+    vector = (v / (np.linalg.norm(v) or 1.0)).astype(np.float32)
+    exclude = {group_key(r.metadata) for r in records}
+    return search_vector(store, vector, k=k, where=where, min_score=min_score, exclude=exclude)
