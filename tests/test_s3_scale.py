@@ -1,16 +1,19 @@
 """2,000 real photos in a bucket on the local S3 server, tagged with the shipped model, then again."""
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from tests.helpers import read_styles
+from tests.helpers import REPO, read_styles
+from toolkit.commands.output import to_jsonable
 from toolkit import Toolkit
 from toolkit.settings import load_settings
 
 N = 2000
+ARTIFACT = REPO / "tests" / "artifacts" / "s3_scale.json"
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,9 @@ def tagged(bucket, s3_server, tmp_path_factory):
     tk = Toolkit(settings)
     first = tk.tag(bucket)
     second = tk.tag(bucket)
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    ARTIFACT.write_text(json.dumps({"first": to_jsonable(first), "second": to_jsonable(second),
+                                    "store_count": tk.store.count()}, indent=2))
     return tk, first, second
 
 

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from toolkit.commands.output import out, print_json
 from toolkit.core import Toolkit
@@ -33,16 +32,18 @@ def search(
 
 
 def print_table(hits: list[Hit]) -> None:
+    """One block per product: readable at any terminal width, and in logs."""
     if not hits:
         out.print("no results")
         return
-    table = Table(show_lines=False)
-    for col in ("#", "score", "product", "title", "price", "tags", "media", "link"):
-        table.add_column(col, overflow="fold")
     for n, h in enumerate(hits, 1):
         price = f"{h.price:.2f} {h.currency or ''}".strip() if h.price is not None else ""
-        media = h.media_uri + (f" @{h.timestamp:.1f}s" if h.timestamp is not None else "")
-        tags = ", ".join(f"{g}={v}" for g, v in sorted(h.tags.items()))
-        table.add_row(str(n), f"{h.score:.3f}", h.product_id or "-", h.title or "(no catalog entry)",
-                      price, tags, media, h.url or "")
-    out.print(table)
+        head = f"[bold]{n:>2}.[/] {h.score:.3f}  {h.product_id or '-'}  {h.title or '(no catalog entry)'}"
+        out.print(f"{head}  {price}".rstrip(), highlight=False, soft_wrap=True)
+        if h.url:
+            out.print(f"     buy:   {h.url}", highlight=False, soft_wrap=True)
+        if h.tags:
+            tags = "  ".join(f"{g}={v}" for g, v in sorted(h.tags.items()))
+            out.print(f"     tags:  {tags}", highlight=False, soft_wrap=True)
+        moment = f"  at {h.timestamp:.1f}s" if h.timestamp is not None else ""
+        out.print(f"     media: {h.media_uri}{moment}", highlight=False, soft_wrap=True)

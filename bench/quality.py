@@ -1,0 +1,218 @@
+"""Retrieval and tagging quality of the offline model on the fixed eval split.
+
+    .venv/bin/python bench/quality.py [--data DIR] [--heads PATH] [--threads 2] [--no-speed]
+
+Prints a table and writes bench/results/quality.json. Eval photos are never trained on
+(toolkit/split.py); their features are cached by file hash, so re-runs are quick.
+Baselines: raw EfficientNet-Lite0 features, and a linear probe (logistic regression on
+train-split features) whose class probabilities serve as embeddings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from taggers.clip_local import LocalTagger  # noqa: E402
+from taggers.offline_model import BACKBONE_DIM, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
+from toolkit.split import eval_rows, train_rows  # noqa: E402
+from toolkit.training import image_features  # noqa: E402
+
+ATTRS = ["articleType", "baseColour", "gender"]
+TAG_GROUPS = {"article_type": "articleType", "colour": "baseColour", "gender": "gender",
+              "master_category": "masterCategory", "usage": "usage", "season": "season"}
+GALLERY = 1500
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def l2(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float32)
+
+
+def image_to_image(emb: np.ndarray, rows: list[dict], ks=(1, 5, 10)) -> dict:
+    """Precision@k of same-attribute neighbours, each eval photo querying all the others."""
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    top = np.argsort(-sims, axis=1)[:, : max(ks)]
+    out = {}
+    for a in ATTRS:
+        labels = np.array([r[a] for r in rows])
+        same = labels[top] == labels[:, None]
+        out[a] = {f"p@{k}": round(float(same[:, :k].mean()), 4) for k in ks}
+    return out
+
+
+def text_to_image(img: np.ndarray, txt: np.ndarray) -> dict:
+    """Each title queries the gallery; rank of its own photo."""
+    sims = txt @ img.T
+    own = sims[np.arange(len(sims)), np.arange(len(sims))]
+    ranks = (sims > own[:, None]).sum(axis=1) + 1
+    return {"recall@1": round(float((ranks <= 1).mean()), 4), "recall@10": round(float((ranks <= 10).mean()), 4),
+            "mrr": round(float((1.0 / ranks).mean()), 4), "gallery": len(img)}
+
+
+def attribute_queries(model: OfflineEmbedder, img: np.ndarray, rows: list[dict], k: int = 10) -> dict:
+    """"Men Black Casual Shoes" for each gender/colour/type triple in the gallery (2+ items):
+    the share of the top-k results matching each named attribute."""
+    triples = Counter((r["gender"], r["baseColour"], r["articleType"]) for r in rows
+                      if r["gender"] and r["baseColour"] and r["articleType"])
+    queries = [t for t, n in triples.items() if n >= 2]
+    q = model.embed_texts([f"{g} {c} {a}" for g, c, a in queries])
+    top = np.argsort(-(q @ img.T), axis=1)[:, :k]
+    out: dict = {"queries": len(queries)}
+    every = np.ones_like(top, dtype=bool)
+    for i, attr in enumerate(["gender", "baseColour", "articleType"]):
+        labels = np.array([r[attr] for r in rows])
+        hit = labels[top] == np.array([t[i] for t in queries])[:, None]
+        out[attr] = round(float(hit.mean()), 4)
+        every &= hit
+    out["all_three"] = round(float(every.mean()), 4)
+    return out
+
+
+def tag_accuracy(tagger: LocalTagger, emb: np.ndarray, rows: list[dict]) -> dict:
+    probs = tagger.probabilities(emb)
+    groups = {g.name: g for g in tagger.groups}
+    out = {}
+    for group, column in TAG_GROUPS.items():
+        if group not in groups:
+            continue
+        labels = groups[group].labels
+        pred = [labels[i] for i in probs[group].argmax(axis=1)]
+        conf = probs[group].max(axis=1)
+        truth = [r[column] for r in rows]
+        keep = [i for i, t in enumerate(truth) if t]
+        acc = np.mean([pred[i] == truth[i] for i in keep])
+        confused = Counter((truth[i], pred[i]) for i in keep if pred[i] != truth[i]).most_common(5)
+        shown = conf[keep] >= tagger.threshold
+        out[group] = {"accuracy": round(float(acc), 4), "n": len(keep),
+                      "coverage@threshold": round(float(shown.mean()), 4),
+                      "accuracy@threshold": round(float(np.mean([pred[i] == truth[i] for i, s in zip(keep, shown) if s])), 4),
+                      "most_confused": [f"{t} -> {p} ({n})" for (t, p), n in confused]}
+    return out
+
+
+def linear_probe(train_f: np.ndarray, train_r: list[dict], eval_f: np.ndarray, eval_r: list[dict]) -> tuple[np.ndarray, dict]:
+    """Logistic regression per attribute on train-split features; eval class probabilities
+    (concatenated) are the probe's embedding, and its accuracies a tagging baseline."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_f)
+    xt, xe = scaler.transform(train_f), scaler.transform(eval_f)
+    parts, acc = [], {}
+    for a in ATTRS + ["masterCategory", "usage"]:
+        clf = LogisticRegression(max_iter=300, C=0.05)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # not fully converged at 300 iterations; it is a baseline
+            clf.fit(xt, [r[a] for r in train_r])
+        acc[a] = round(float(np.mean(clf.predict(xe) == np.array([r[a] for r in eval_r]))), 4)
+        if a in ATTRS:
+            parts.append(clf.predict_proba(xe))
+    return l2(np.concatenate(parts, axis=1)), acc
+
+
+def throughput(paths: list[Path], heads: Path | None, threads: int) -> dict:
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in paths]
+    out = {}
+    for runtime in ("onnx", "torch"):
+        model = OfflineEmbedder(heads, runtime=runtime, batch_size=32, threads=threads)
+        model.embed_images(images[:32])  # load, export, warm up
+        t = time.perf_counter()
+        model.embed_images(images)
+        out[f"{runtime}_images_per_s"] = round(len(images) / (time.perf_counter() - t), 1)
+    titles = [f"Men Black Casual Shoes {i}" for i in range(256)]
+    model.embed_texts(titles[:8])
+    t = time.perf_counter()
+    model.embed_texts(titles)
+    out["texts_per_s"] = round(len(titles) / (time.perf_counter() - t), 1)
+    out["threads"] = threads
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_data = os.environ.get("TOOLKIT_SHARED_DATA", str(ROOT.parent / "shared" / "data" / "fashion-products"))
+    ap.add_argument("--data", type=Path, default=Path(default_data))
+    ap.add_argument("--heads", type=Path, default=None, help="heads file (default: shipped)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-speed", action="store_true", help="skip the throughput measurement")
+    ap.add_argument("--no-probe", action="store_true", help="skip the linear-probe baseline")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    args = ap.parse_args()
+
+    images, catalog = args.data / "images", args.data / "styles.csv"
+    ev = sorted(eval_rows(catalog, images), key=lambda r: int(r["id"]) if r["id"].isdigit() else r["id"])
+    model = OfflineEmbedder(args.heads, threads=args.threads)
+    feat = ImageFeaturizer("auto", 64, args.threads)
+    cache = cache_dir() / "features"
+    say(f"eval split: {len(ev)} photos; features ...")
+    ev_f, _ = image_features([images / f"{r['id']}.jpg" for r in ev], feat, cache, False, say)
+    emb = model.project_images(ev_f)
+    result: dict = {"model_id": model.model_id, "eval_items": len(ev)}
+
+    result["image_to_image"] = {"model": image_to_image(emb, ev),
+                                "raw_effnet": image_to_image(l2(ev_f[:, :BACKBONE_DIM]), ev)}
+    gal = ev[:GALLERY]
+    result["text_to_image"] = text_to_image(emb[:GALLERY], model.embed_texts([r["productDisplayName"] for r in gal]))
+    result["attribute_queries@10"] = attribute_queries(model, emb[:GALLERY], gal)
+    tagger = LocalTagger(model, None, threshold=0.35)
+    result["tag_accuracy"] = tag_accuracy(tagger, emb, ev)
+    if not args.no_probe:
+        say("linear probe baseline ...")
+        tr = train_rows(catalog, images)
+        tr_f, _ = image_features([images / f"{r['id']}.jpg" for r in tr], feat, cache, False, say)
+        probe_emb, probe_acc = linear_probe(tr_f[:, :BACKBONE_DIM], tr, ev_f[:, :BACKBONE_DIM], ev)
+        result["image_to_image"]["linear_probe_raw"] = image_to_image(probe_emb, ev)
+        result["linear_probe_accuracy_raw"] = probe_acc
+    if not args.no_speed:
+        say("throughput ...")
+        result["throughput"] = throughput([images / f"{r['id']}.jpg" for r in ev[:256]], args.heads, args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print_table(result)
+    say(f"wrote {args.out}")
+
+
+def print_table(r: dict) -> None:
+    print(f"model {r['model_id']}  (eval split: {r['eval_items']} photos)")
+    print("\nimage-to-image precision@k        articleType          baseColour           gender")
+    for name, res in r["image_to_image"].items():
+        cells = "  ".join(" ".join(f"{res[a][f'p@{k}']:.3f}" for k in (1, 5, 10)) for a in ATTRS)
+        print(f"  {name:30s} {cells}")
+    t = r["text_to_image"]
+    print(f"\ntext-to-image (title, {t['gallery']} gallery): R@1 {t['recall@1']:.3f}  R@10 {t['recall@10']:.3f}  MRR {t['mrr']:.3f}")
+    q = r["attribute_queries@10"]
+    print(f"attribute queries P@10 ({q['queries']} queries): gender {q['gender']:.3f}  colour {q['baseColour']:.3f}  "
+          f"articleType {q['articleType']:.3f}  all three {q['all_three']:.3f}")
+    print("\ntag accuracy (best label)   acc    cov@thr  acc@thr  most confused")
+    for g, res in r["tag_accuracy"].items():
+        print(f"  {g:24s} {res['accuracy']:.3f}  {res['coverage@threshold']:.3f}    {res['accuracy@threshold']:.3f}    "
+              f"{'; '.join(res['most_confused'][:3])}")
+    if "linear_probe_accuracy_raw" in r:
+        print("linear probe (raw EfficientNet) accuracy: " +
+              ", ".join(f"{k} {v:.3f}" for k, v in r["linear_probe_accuracy_raw"].items()))
+    if "throughput" in r:
+        s = r["throughput"]
+        print(f"\nthroughput ({s['threads']} threads, incl. colour features and heads): onnx {s['onnx_images_per_s']} img/s, "
+              f"torch {s['torch_images_per_s']} img/s, text {s['texts_per_s']} texts/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""The shipped offline two-tower model: EfficientNet-Lite0 + colour features for images,
+all-MiniLM-L6-v2 for texts, and small trained projection heads into one space.
+
+Nothing heavy is imported or loaded until the first embedding is asked for, so
+constructing an `OfflineEmbedder` (and `toolkit --help`) stays instant.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+import numpy as np
+from PIL import Image
+
+from taggers import weights
+from taggers.colour import COLOUR_DIM, COLOUR_VERSION, colour_features
+from toolkit.errors import ModelError
+
+if TYPE_CHECKING:
+    from taggers.heads import Heads
+
+log = logging.getLogger(__name__)
+
+Runtime = Literal["auto", "torch", "onnx"]
+MODEL_PREFIX = "offline-effnetlite0-minilm"
+IMAGE_SIZE = 224
+BACKBONE_DIM = 1280
+TEXT_DIM = 384
+FEATURE_DIM = BACKBONE_DIM + COLOUR_DIM
+_ONNX_FORMAT = "v1"
+
+
+def cache_dir() -> Path:
+    """Where derived files (ONNX exports, feature caches) go: TOOLKIT_DATA_DIR/cache, else the user cache."""
+    if os.environ.get("TOOLKIT_DATA_DIR"):
+        return Path(os.environ["TOOLKIT_DATA_DIR"]).expanduser() / "cache"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "toolkit"
+
+
+def to_square(img: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """RGB uint8 (size, size, 3): padded with white to a square first, since products sit on white
+    and stretching would distort their shape."""
+    img = img.convert("RGB")
+    w, h = img.size
+    if w != h:
+        side = max(w, h)
+        canvas = Image.new("RGB", (side, side), (255, 255, 255))
+        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = canvas
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalise(batch: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> float32 NCHW with EfficientNet-Lite's own normalisation, (x*255-127)/128."""
+    return ((batch.astype(np.float32) - 127.0) / 128.0).transpose(0, 3, 1, 2).copy()
+
+
+def colour_batch(batch: np.ndarray) -> np.ndarray:
+    return np.stack([colour_features(a) for a in batch]) if len(batch) else np.zeros((0, COLOUR_DIM), np.float32)
+
+
+def set_threads(threads: int) -> int:
+    """Torch intra-op threads: `threads`, or one per core when 0. Returns the number used."""
+    import torch
+
+    n = threads or os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def _quietly(load: Any) -> Any:
+    """Run a transformers load without its progress bar (stderr belongs to the toolkit's own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+class OnnxBackbone:
+    def __init__(self, onnx_path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, read without torch (so `dim` is cheap)."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        return json.loads(fh.read(n))
+
+
+class ImageFeaturizer:
+    """Photos -> backbone descriptor + colour features, before any head. `runtime` picks how the
+    backbone runs; `overrides` are fine-tuned backbone tensors (their key names the ONNX export)."""
+
+    def __init__(self, runtime: Runtime = "auto", batch_size: int = 32, threads: int = 0,
+                 overrides: dict[str, Any] | None = None, overrides_key: str = "") -> None:
+        self.runtime = runtime
+        self.batch_size = batch_size
+        self.threads = threads
+        self.overrides = overrides or {}
+        self.overrides_key = overrides_key
+        self.runtime_used: str | None = None
+        self._run: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def backbone_key(self) -> str:
+        """Identifies the backbone weights: ImageNet ones plus any fine-tuned overrides."""
+        h = hashlib.sha256(f"{weights.EFFNET_LITE0_SHA256}:{self.overrides_key}".encode())
+        return h.hexdigest()[:16]
+
+    def onnx_path(self) -> Path:
+        return cache_dir() / "onnx" / f"effnet-lite0-{self.backbone_key}-{_ONNX_FORMAT}.onnx"
+
+    def runner(self) -> Any:
+        with self._lock:
+            if self._run is None:
+                self._run, self.runtime_used = self._build()
+            return self._run
+
+    def _build(self) -> tuple[Any, str]:
+        if self.runtime in ("auto", "onnx"):
+            try:
+                return self._onnx(), "onnx"
+            except Exception as err:  # noqa: BLE001 - auto falls back on any export or runtime failure
+                if self.runtime == "onnx":
+                    raise ModelError(f"the ONNX runtime cannot be used ({err}); install onnx and onnxruntime, "
+                                     "or set TOOLKIT_RUNTIME=torch") from None
+                log.warning("ONNX runtime cannot be used (%s); falling back to PyTorch", err)
+        from taggers.backbone import TorchBackbone, load_backbone
+
+        set_threads(self.threads)
+        return TorchBackbone(load_backbone(self.overrides)), "torch"
+
+    def _onnx(self) -> OnnxBackbone:
+        import onnxruntime  # noqa: F401 - fail before a pointless export
+
+        path = self.onnx_path()
+        if not path.is_file():
+            from taggers.backbone import export_onnx, load_backbone
+
+            log.info("exporting the image backbone to ONNX at %s (once)", path)
+            set_threads(self.threads)
+            export_onnx(load_backbone(self.overrides), path)
+        return OnnxBackbone(path, self.threads)
+
+    def backbone(self, batch: np.ndarray) -> np.ndarray:
+        """Pooled backbone descriptors (N, 1280) of squared uint8 pictures (N, 224, 224, 3)."""
+        run = self.runner()
+        out = [run(normalise(batch[i: i + self.batch_size])) for i in range(0, len(batch), self.batch_size)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, BACKBONE_DIM), np.float32)
+
+    def arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Backbone + colour features of squared uint8 pictures (N, 224, 224, 3)."""
+        return np.concatenate([self.backbone(batch), colour_batch(batch)], axis=1)
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = [self.arrays(np.stack([to_square(im) for im in images[i: i + self.batch_size]]))
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
+
+
+class TextFeaturizer:
+    """Texts -> all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised), before any head."""
+
+    def __init__(self, batch_size: int = 64, threads: int = 0) -> None:
+        self.batch_size = batch_size
+        self.threads = threads
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def model(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                # The model is a local folder; never let the hub client try the network.
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                folder = weights.minilm_dir()
+                from sentence_transformers import SentenceTransformer
+
+                set_threads(self.threads)
+                try:
+                    self._model = _quietly(lambda: SentenceTransformer(str(folder), device="cpu"))
+                except OSError as err:
+                    raise ModelError(f"cannot load the MiniLM text model from {folder} ({err}); reinstall "
+                                     f"{weights.MINILM_PACKAGE}") from None
+            return self._model
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        if not len(texts):
+            return np.zeros((0, TEXT_DIM), np.float32)
+        emb = self.model().encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                  normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(emb, dtype=np.float32)
+
+
+class OfflineEmbedder:
+    """Embedder over the shipped (or given) heads. `runtime` picks how the image backbone runs."""
+
+    def __init__(self, heads_path: Path | None = None, runtime: Runtime = "auto",
+                 batch_size: int = 32, threads: int = 0) -> None:
+        if runtime not in ("auto", "torch", "onnx"):
+            raise ModelError(f"runtime {runtime!r} is not one of auto, torch, onnx (TOOLKIT_RUNTIME)")
+        self.heads_path = Path(heads_path) if heads_path else None
+        self.runtime = runtime
+        self.batch_size = batch_size
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._heads: Heads | None = None
+        self._images: ImageFeaturizer | None = None
+        self.texts = TextFeaturizer(max(batch_size, 64), threads)
+
+    # ---- identity: cheap (hashes a few-MB file, reads a header), no torch ----
+    @property
+    def verified_heads(self) -> Path:
+        return weights.heads_file(self.heads_path)
+
+    @property
+    def model_id(self) -> str:
+        return f"{MODEL_PREFIX}:{weights.file_sha256(self.verified_heads)[:12]}"
+
+    @property
+    def dim(self) -> int:
+        meta = safetensors_header(self.verified_heads).get("__metadata__") or {}
+        try:
+            return int(json.loads(meta["toolkit"])["config"]["dim"])
+        except (KeyError, ValueError, TypeError):
+            raise ModelError(f"{self.verified_heads}: not a toolkit heads file; retrain it with `toolkit model train`") from None
+
+    # ---- lazy loading ----
+    def heads(self) -> "Heads":
+        with self._lock:
+            if self._heads is None:
+                self._heads, overrides = self._load_heads()
+                self._images = ImageFeaturizer(self.runtime, self.batch_size, self.threads, overrides,
+                                               weights.file_sha256(self.verified_heads) if overrides else "")
+            return self._heads
+
+    def _load_heads(self) -> tuple["Heads", dict[str, Any]]:
+        from taggers.heads import load_heads
+
+        set_threads(self.threads)
+        path = self.verified_heads
+        try:
+            heads, overrides = load_heads(path)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ModelError(f"{path}: not a usable heads file ({err}); retrain it with `toolkit model train`") from None
+        if heads.cfg.colour_dim and heads.cfg.colour_version != COLOUR_VERSION:
+            raise ModelError(f"{path}: trained with colour features {heads.cfg.colour_version!r}, this code makes "
+                             f"{COLOUR_VERSION!r}; retrain it with `toolkit model train`")
+        return heads, overrides
+
+    @property
+    def images(self) -> ImageFeaturizer:
+        self.heads()
+        assert self._images is not None
+        return self._images
+
+    @property
+    def runtime_used(self) -> str | None:
+        return self._images.runtime_used if self._images else None
+
+    @property
+    def logit_scale(self) -> float:
+        """The learned temperature: similarity x scale gives CLIP-style logits."""
+        return self.heads().scale()
+
+    # ---- the Embedder protocol ----
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not len(images):
+            return np.zeros((0, self.dim), np.float32)
+        return self.project_images(self.images(images))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not len(texts):
+            return np.zeros((0, self.dim), np.float32)
+        return self.project_texts(self.texts(texts))
+
+    # ---- heads over precomputed features (benchmarks, training checks) ----
+    def project_images(self, feats: np.ndarray) -> np.ndarray:
+        import torch
+
+        heads = self.heads()
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(feats[:, : heads.cfg.image_in], dtype=np.float32))
+            return heads.encode_image(x).numpy().astype(np.float32)
+
+    def project_texts(self, feats: np.ndarray) -> np.ndarray:
+        import torch
+
+        heads = self.heads()
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+            return heads.encode_text(x).numpy().astype(np.float32)

