@@ -117,6 +117,17 @@ def test_items_hold_tags_from_several_providers(bucket, azure_env):
     assert any(t["provider"] == "local" for t in json.loads(meta["tags_json"]))
 
 
+def test_a_run_with_a_failed_item_exits_1_and_names_it(bucket, azure_env):
+    photos, _ = bucket
+    broken_uri, broken = next(iter(photos.items()))
+    azure_env.fail_always(broken, "error")
+    result = run("tag", f"s3://{BUCKET}/images/", "--tagger", "azure",
+                 env={"TOOLKIT_MAX_RETRIES": "1", "TOOLKIT_AZURE_RATE": "100"})
+    assert result.returncode == 1, result.stderr
+    assert f"{PHOTOS - 1} new" in result.stderr and "1 failed" in result.stderr
+    assert f"failed  {broken_uri}: azure: 500 InternalServerError" in result.stderr
+
+
 def test_dry_run_lists_what_each_service_would_get_and_calls_nothing(bucket, azure_env, gcp_env):
     photos, videos = bucket
     result = run("tag", f"s3://{BUCKET}/", "--tagger", "auto", "--dry-run")

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from toolkit.commands import catalog, config, search, stats, tag
+from toolkit.commands import catalog, config, eval as eval_cmd, search, stats, tag
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(help="Turn product photos and videos into a searchable, tagged catalog.",
@@ -15,6 +15,7 @@ app.command("tag")(tag.tag)
 app.command("search")(search.search)
 app.command("stats")(stats.stats)
 app.command("config")(config.config)
+app.command("eval")(eval_cmd.eval_)
 app.add_typer(catalog.app, name="catalog")
 
 
@@ -37,7 +38,10 @@ _register_optional()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns a command's `typer.Exit(code)` instead of raising it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except ToolkitError as exc:
         if os.environ.get("TOOLKIT_DEBUG"):
             raise
@@ -46,8 +50,6 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted: what was stored is kept; run the same command again to resume", err=True)
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode

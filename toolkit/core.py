@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from store.chroma import ChromaStore
     from taggers.base import Embedder
     from toolkit.catalog import ImportReport
+    from toolkit.evaluation import EvalReport
     from toolkit.pipeline import ItemCallback
     from toolkit.planning import DryRunReport
 
@@ -123,6 +124,15 @@ class Toolkit:
 
         products = list(read_products(Path(path)))  # a bad file fails before the model loads
         return import_products(products, self.embedder, self.products_store, self.store)
+
+    def evaluate(self, catalog: str | Path, images: str | Path, limit: int | None = None, split: str = "eval",
+                 on_item: "ItemCallback | None" = None,
+                 on_listed: "Callable[[int], None] | None" = None) -> "EvalReport":
+        """Retrieval and tag quality on a labelled catalog, indexed into a scratch collection."""
+        from toolkit.evaluation import evaluate
+
+        return evaluate(Path(catalog), Path(images), self, limit=limit, split=split,  # type: ignore[arg-type]
+                        on_item=on_item, on_listed=on_listed)
 
     def stats(self, top: int = 5) -> Stats:
         from store.chroma import describe_location

@@ -1,0 +1,245 @@
+"""`toolkit eval`: the metric maths on hand-computed cases, the mechanics on real photos with the
+fast test embedder, and the CLI gate with the shipped model."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import ColourEmbedder, read_styles, write_products_csv
+from toolkit.errors import ConfigError
+from toolkit.evaluation import (attribute_query_labels, confusion, failed_gates, metric_names, parse_gate, pca_2d,
+                                precision_at, tag_scores, text_metrics, text_ranks, top_neighbours)
+
+TOOLKIT = str(Path(sys.executable).parent / "toolkit")
+
+
+def unit(rows) -> np.ndarray:
+    m = np.asarray(rows, dtype=np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+# ---- the maths, on cases small enough to work out by hand ----------------------------------------
+
+def test_neighbours_and_precision_match_a_hand_worked_case():
+    # a and b point right, c and d up; d is labelled like a and b, so it is c's wrong neighbour.
+    emb = unit([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]])
+    top = top_neighbours(emb, 3)
+    assert top.tolist() == [[1, 3, 2], [0, 3, 2], [3, 1, 0], [2, 1, 0]]
+    kind = np.array(["x", "x", "y", "x"], dtype=object)
+    side = np.array(["r", "r", "u", "u"], dtype=object)
+    p = precision_at(top, {"kind": kind, "side": side}, ks=(1, 2))
+    assert p["kind"] == {"p@1": 0.5, "p@2": 0.625}      # (1+1+0+0)/4, (1+1+0+0.5)/4
+    assert p["side"] == {"p@1": 1.0, "p@2": 0.5}        # every nearest is same side; second never
+    assert p["all"] == {"p@1": 0.5, "p@2": 0.25}        # both labels: a->b, b->a only
+
+
+def test_a_query_without_a_label_is_left_out_and_a_result_without_one_is_wrong():
+    top = np.array([[1], [0], [0]])
+    labels = {"kind": np.array(["x", "", "x"], dtype=object)}
+    # query 0 -> 1 (unlabelled result: wrong), query 1 skipped, query 2 -> 0 (right)
+    assert precision_at(top, labels, ks=(1,))["kind"] == {"p@1": 0.5}
+
+
+def test_text_ranks_recall_and_mrr_match_a_hand_worked_case():
+    img = np.eye(3, dtype=np.float32)
+    txt = unit([[1, 0, 0], [0, 0.6, 0.8], [0.7, 0.5, 0.4]])
+    ranks = text_ranks(img, txt, [0, 1, 2])
+    assert ranks.tolist() == [1, 2, 3]
+    assert text_metrics(ranks) == {"recall@1": 0.3333, "recall@10": 1.0, "mrr": 0.6111}
+
+
+def test_text_ranks_keep_untitled_photos_in_the_gallery():
+    img = np.eye(3, dtype=np.float32)
+    txt = unit([[0, 0.2, 1]])  # the title of photo 1 is nearer photo 2, which has no title
+    assert text_ranks(img, txt, [1]).tolist() == [2]
+
+
+def test_tag_scores_separate_best_label_accuracy_from_stored_tags():
+    truth = ["Shirts", "Shirts", "Jeans", "Jeans", ""]
+    pred = ["Shirts", "Tshirts", "Jeans", "Shirts", "Jeans"]
+    stored = ["Shirts", None, None, "Shirts", "Jeans"]  # under the threshold: no stored tag
+    s = tag_scores(pred, stored, truth)
+    assert s["n"] == 4                       # the unlabelled photo is not scored
+    assert s["accuracy"] == 0.5
+    assert s["coverage"] == 0.5              # 2 of the 4 labelled photos have a stored tag
+    assert s["accuracy@threshold"] == 0.5    # of those, one is right
+    assert s["most_confused"] == [{"truth": "Shirts", "predicted": "Tshirts", "n": 1},
+                                  {"truth": "Jeans", "predicted": "Shirts", "n": 1}]
+
+
+def test_confusion_rows_sum_to_each_labels_photos():
+    truth = ["A", "A", "A", "B", "B", "C"]
+    pred = ["A", "B", "Z", "B", "A", "C"]
+    c = confusion(pred, truth, top=2)
+    assert c["labels"] == ["A", "B"] and c["columns"] == ["A", "B", "(other)"]
+    assert c["matrix"] == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_attribute_queries_need_two_photos_and_every_label():
+    from toolkit.evaluation import LabelledItem
+
+    def item(g, c, a):
+        return LabelledItem("1", "", Path("x.jpg"), {"gender": g, "baseColour": c, "articleType": a})
+
+    items = [item("Men", "Black", "Shoes"), item("Men", "Black", "Shoes"), item("Men", "Red", "Shoes"),
+             item("Men", "", "Belts"), item("Men", "", "Belts")]
+    assert attribute_query_labels(items, ["gender", "baseColour", "articleType"]) == [("Men", "Black", "Shoes")]
+
+
+def test_pca_puts_points_on_a_line_along_the_first_axis():
+    t = np.array([-2.0, -1.0, 0.0, 3.0])
+    pts = np.outer(t, [0.6, 0.8, 0.0]) + [1.0, 1.0, 1.0]
+    xy = pca_2d(pts)
+    assert np.allclose(np.abs(xy[:, 0]), np.abs(t - t.mean()))
+    assert np.allclose(xy[:, 1], 0.0, atol=1e-9)
+
+
+def test_gates_parse_and_report_what_fell():
+    assert parse_gate("image.articleType.p@5=0.85") == ("image.articleType.p@5", 0.85)
+    with pytest.raises(ConfigError, match="metric=value"):
+        parse_gate("image.articleType.p@5>0.85")
+    metrics = {"image.articleType.p@5": 0.71, "text.mrr": 0.5}
+    assert failed_gates(metrics, [("image.articleType.p@5", 0.85), ("text.mrr", 0.4)]) == \
+        ["image.articleType.p@5 = 0.71 < 0.85"]
+    with pytest.raises(ConfigError, match="names no metric: text.mmr"):
+        failed_gates(metrics, [("text.mmr", 0.4)])
+
+
+# ---- the mechanics, on real photos with the fast embedder ----------------------------------------
+
+def write_styles_subset(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data) -> list[dict]:
+    from toolkit.split import is_eval
+
+    rows = [r for r in read_styles(shared_data) if (shared_data / "images" / f"{r['id']}.jpg").is_file()]
+    return [r for r in rows if is_eval(r["id"])][:40]
+
+
+@pytest.fixture
+def user_toolkit(settings, shared_data, photos, tmp_path):
+    """A Toolkit whose own collection already holds a few photos, as a user's would."""
+    from toolkit.core import Toolkit
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for r in photos[:3]:
+        (folder / f"{r['id']}.jpg").write_bytes((shared_data / "images" / f"{r['id']}.jpg").read_bytes())
+    tk = Toolkit(settings, embedder=ColourEmbedder())
+    tk.tag(folder, tagger="local")
+    return tk
+
+
+def collection_names(tk) -> set[str]:
+    from store.chroma import client_for
+
+    return {c.name for c in client_for(tk.settings).list_collections()}
+
+
+def test_evaluate_scores_real_photos_and_leaves_the_users_store_as_it_was(user_toolkit, shared_data, photos,
+                                                                           tmp_path):
+    from toolkit.commands.output import to_jsonable
+
+    before, count = collection_names(user_toolkit), user_toolkit.store.count()
+    catalog = write_styles_subset(tmp_path / "styles.csv", photos)
+    report = user_toolkit.evaluate(catalog, shared_data / "images")
+
+    assert collection_names(user_toolkit) == before          # the scratch collections are gone
+    assert user_toolkit.store.count() == count
+    assert report.items == 40 and report.skipped == []
+    assert report.attributes == ["gender", "baseColour", "articleType"]
+    columns = {"article_type": "articleType", "colour": "baseColour", "gender": "gender", "usage": "usage",
+               "season": "season", "master_category": "masterCategory"}
+    assert set(report.metrics) == metric_names(columns)
+    assert all(0.0 <= v <= 1.0 for v in report.metrics.values())
+    assert report.attribute_queries > 0
+    json.dumps(to_jsonable(report))  # JSON-able as it stands
+
+
+def test_a_products_csv_scores_the_same_as_styles_csv(settings, shared_data, photos, tmp_path):
+    from toolkit.core import Toolkit
+
+    tk = Toolkit(settings, embedder=ColourEmbedder())
+    images = shared_data / "images"
+    rows = photos[:20]
+    styles = tk.evaluate(write_styles_subset(tmp_path / "styles.csv", rows), images, split="all")
+    products = tk.evaluate(write_products_csv(tmp_path / "products.csv", rows), images, split="all")
+    image_metrics = {k: v for k, v in styles.metrics.items() if k.startswith(("image.", "text.", "query."))}
+    assert image_metrics == {k: v for k, v in products.metrics.items() if k in image_metrics}
+    # The products CSV above labels only three columns; only those are scored as tags.
+    assert set(products.tags) == {"gender", "articleType", "baseColour"}
+
+
+def test_limit_and_missing_photos(settings, shared_data, photos, tmp_path):
+    from toolkit.core import Toolkit
+
+    rows = photos[:12] + [{**photos[0], "id": "999999999"}]
+    catalog = write_styles_subset(tmp_path / "styles.csv", rows)
+    report = Toolkit(settings, embedder=ColourEmbedder()).evaluate(catalog, shared_data / "images",
+                                                                   split="all", limit=5)
+    assert report.items == 5
+    assert report.skipped == [f"999999999: no photo 999999999.jpg under {shared_data / 'images'}"]
+
+
+def test_html_report_holds_the_plots_and_the_pictures(settings, shared_data, photos, tmp_path):
+    from toolkit.core import Toolkit
+    from toolkit.eval_report import write_html
+
+    catalog = write_styles_subset(tmp_path / "styles.csv", photos)
+    report = Toolkit(settings, embedder=ColourEmbedder()).evaluate(catalog, shared_data / "images")
+    page = write_html(report, tmp_path / "out" / "eval.html").read_text(encoding="utf-8")
+    for plot in ("<svg class=bars", "<svg class=confusion", "<svg class=map"):
+        assert plot in page
+    assert page.count("<svg class=confusion") == len(report.tags)
+    assert page.count("<circle") == len(report.map["x"]) == 40
+    strip = sum(1 + len(ex["hits"]) for ex in report.examples)
+    assert strip == 6 * 6
+    assert page.count("src='data:image/jpeg;base64,") == strip
+    assert page.count("<img class=ok") == sum(h["correct"] for ex in report.examples for h in ex["hits"])
+    assert "/images/" not in page.replace(str(shared_data), "")  # nothing points back at the photo folder
+
+
+# ---- the command, with the shipped model ---------------------------------------------------------
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([TOOLKIT, *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={**os.environ, "TOOLKIT_THREADS": "2"})
+
+
+def test_cli_gates_exit_1_naming_each_failed_metric(shared_data, photos, tmp_path):
+    catalog = write_styles_subset(tmp_path / "styles.csv", photos[:30])
+    res = run_cli("eval", "--catalog", str(catalog), "--images", str(shared_data / "images"), "--out", "rep",
+                  "--fail-under", "image.articleType.p@5=1.5", "--fail-under", "text.mrr=0",
+                  "--fail-under", "tags.gender.accuracy=1.5", cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    failed = [line for line in res.stderr.splitlines() if line.startswith("failed gate:")]
+    assert len(failed) == 2
+    assert failed[0].startswith("failed gate: image.articleType.p@5 = ") and failed[0].endswith(" < 1.5")
+    assert failed[1].startswith("failed gate: tags.gender.accuracy = ")
+    assert "image p@5" in res.stdout and "text (title -> photo)" in res.stdout
+    saved = json.loads((tmp_path / "rep" / "eval.json").read_text(encoding="utf-8"))
+    assert saved["items"] == 30 and saved["model_id"] != ColourEmbedder.model_id
+    assert (tmp_path / "rep" / "eval.html").is_file()
+
+
+def test_cli_rejects_a_mistyped_gate_before_indexing(shared_data, photos, tmp_path):
+    catalog = write_styles_subset(tmp_path / "styles.csv", photos[:3])
+    res = run_cli("eval", "--catalog", str(catalog), "--images", str(shared_data / "images"),
+                  "--fail-under", "image.articletype.p@5=0.8", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: --fail-under names no metric: image.articletype.p@5;")
+    assert not (tmp_path / "eval-report").exists()

@@ -1,0 +1,107 @@
+"""`toolkit eval`: retrieval and tagging quality on a labelled catalog, with CI gates."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from toolkit.commands.output import err, out, print_json, to_jsonable
+from toolkit.core import Toolkit
+from toolkit.evaluation import EvalReport, check_gate_names, failed_gates, parse_gate, planned_metrics
+
+
+def eval_(
+    catalog: Path = typer.Option(..., "--catalog", help="Labelled catalog: styles.csv or a products CSV."),
+    images: Path = typer.Option(..., "--images", help="Folder holding the catalog's photos."),
+    out_dir: Path = typer.Option(Path("eval-report"), "--out", help="Folder for eval.json and eval.html."),
+    limit: int | None = typer.Option(None, "--limit", min=2, help="Score only the first N photos (quick runs)."),
+    split: str = typer.Option("eval", "--split", help="eval (the fixed eval split) or all."),
+    fail_under: list[str] = typer.Option([], "--fail-under", metavar="METRIC=VALUE",
+                                         help="Exit 1 when METRIC is under VALUE; repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+) -> None:
+    """Score search and tags on a labelled catalog, indexed through the real
+    pipeline (local tagger) into a scratch collection that is deleted afterwards.
+
+    The catalog is a styles.csv (photo IMAGES/<id>.jpg) or a products CSV
+    (product_id, title, media, label columns). Only the fixed eval split is
+    scored unless --split all. Writes OUT/eval.json and OUT/eval.html.
+
+    \b
+    Metrics (ATTR: articleType, baseColour, gender, or all of them at once):
+      image.ATTR.p@1, p@5, p@10  photo query: top-k share with its label
+      text.recall@1, recall@10   title query: own photo in the top k
+      text.mrr                   title query: mean 1/rank of own photo
+      query.ATTR.p@10            "Men Black Casual Shoes": top-10 share
+                                 with the named label
+      tags.COL.accuracy          tagger's best label is the catalog's
+      tags.COL.coverage          share tagged over the threshold
+      tags.COL.accuracy@threshold  share of those tags that are right
+    (COL: articleType, baseColour, gender, masterCategory, usage, season)
+
+    \b
+    Example: --fail-under image.articleType.p@5=0.85
+             --fail-under text.recall@10=0.5
+    """
+    gates = [parse_gate(g) for g in fail_under]
+    tk = Toolkit()
+    # A mistyped gate fails now, not after the photos are indexed.
+    check_gate_names(gates, planned_metrics(catalog, tk.settings.vocabulary))
+    report = _run_with_progress(tk, catalog, images, limit, split)
+    _write(report, out_dir)
+    if as_json:
+        print_json(report)
+    else:
+        print_table(report)
+    err.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.html'}", highlight=False, soft_wrap=True)
+    failures = failed_gates(report.metrics, gates)
+    for line in failures:
+        err.print(f"failed gate: {line}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _run_with_progress(tk: Toolkit, catalog: Path, images: Path, limit: int | None, split: str) -> EvalReport:
+    with Progress(TextColumn("[bold]indexing[/]"), BarColumn(bar_width=None),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err, transient=True,
+                  disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+        return tk.evaluate(catalog, images, limit=limit, split=split,
+                           on_item=lambda ref, status, reason: bar.update(task, advance=1),
+                           on_listed=lambda n: bar.update(task, total=n))
+
+
+def _write(report: EvalReport, out_dir: Path) -> None:
+    from toolkit.eval_report import write_html
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(to_jsonable(report), indent=2, ensure_ascii=False) + "\n",
+                                       encoding="utf-8")
+    write_html(report, out_dir / "eval.html")
+
+
+def print_table(r: EvalReport) -> None:
+    out.print(f"model {r.model_id}: {r.items} photos ({r.split} split), {r.attribute_queries} attribute queries, "
+              f"{len(r.skipped)} skipped, {r.seconds:.0f} s", highlight=False)
+    m = r.metrics
+    attrs = r.attributes + (["all"] if len(r.attributes) > 1 else [])
+    t = Table("retrieval", *attrs, title=None, box=None, pad_edge=False)
+    for k in ("p@1", "p@5", "p@10"):
+        t.add_row(f"image {k}", *[_cell(m, f"image.{a}.{k}") for a in attrs])
+    t.add_row("query p@10", *[_cell(m, f"query.{a}.p@10") for a in attrs])
+    out.print(t)
+    out.print(f"text (title -> photo): recall@1 {_cell(m, 'text.recall@1')}  recall@10 {_cell(m, 'text.recall@10')}"
+              f"  mrr {_cell(m, 'text.mrr')}", highlight=False)
+    tags = Table("tags", "accuracy", "coverage", "acc@thr", "most confused", box=None, pad_edge=False)
+    for col, s in r.tags.items():
+        confused = "; ".join(f"{c['truth']} -> {c['predicted']} ({c['n']})" for c in s["most_confused"][:3])
+        tags.add_row(col, f"{s['accuracy']:.3f}", f"{s['coverage']:.3f}", f"{s['accuracy@threshold']:.3f}", confused)
+    # Piped into a CI log (no terminal), keep each label's confusions on one line.
+    out.print(tags, width=None if out.is_terminal else 160)
+
+
+def _cell(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.3f}" if name in metrics else "-"
