@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from PIL import Image
 
+from tests.fakes.faults import FaultSteering, key_of
+
 PATH_RE = re.compile(r"^/customvision/v3\.1/prediction/(?P<project>[^/]+)/(?P<mode>classify|detect)"
                      r"/iterations/(?P<iteration>[^/]+)/image(?P<nostore>/nostore)?/?(\?.*)?$")
 
@@ -86,7 +88,7 @@ class Call:
 
 
 @dataclass
-class FakeCustomVision:
+class FakeCustomVision(FaultSteering):
     key: str = "test-prediction-key"
     project_id: str = "0f1e2d3c-0000-4000-8000-00000000c0de"
     iteration: str = "prod"
@@ -96,12 +98,13 @@ class FakeCustomVision:
     calls: list[Call] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
 
+    FAULTS = FAULTS
+    DEFAULT_ONCE = "error"
+    DEFAULT_ALWAYS = "error"
+
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._once: dict[str, list[str]] = {}
-        self._always: dict[str, str] = {}
-        self._seen: set[str] = set()
-        self._rate: tuple[float, tuple[str, ...], str] | None = None
+        self._init_faults()
         self._server: ThreadingHTTPServer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -125,60 +128,23 @@ class FakeCustomVision:
 
     # -- steering -----------------------------------------------------------------------
 
-    def fail_once(self, item: bytes | str, fault: str = "error", times: int = 1) -> None:
-        """The item's next `times` calls fail with `fault`; later calls succeed."""
-        with self._lock:
-            self._once.setdefault(_key(item), []).extend([_check(fault)] * times)
-
-    def fail_always(self, item: bytes | str, fault: str = "error") -> None:
-        with self._lock:
-            self._always[_key(item)] = _check(fault)
-
-    def fault_share(self, share: float, faults: tuple[str, ...] = ("throttle", "error"), seed: str = "") -> None:
-        """A fixed `share` of items (chosen by content hash) fail their first call, the fault
-        picked among `faults` the same way."""
-        with self._lock:
-            self._rate = (share, tuple(_check(f) for f in faults), seed)
-
     def reset(self) -> None:
         with self._lock:
-            for collection in (self._once, self._always, self._seen, self.calls, self.uploads):
+            for collection in (self.calls, self.uploads):
                 collection.clear()
-            self._rate = None
             self.reject_key = False
+        self.clear_faults()
 
     # -- what happened ------------------------------------------------------------------
 
     def calls_for(self, item: bytes | str) -> list[Call]:
-        key = _key(item)
+        key = key_of(item)
         return [c for c in self.calls if c.sha == key]
 
     def call_times(self) -> list[float]:
         return sorted(c.time for c in self.calls)
 
-    def faulted_first_time(self, data: bytes) -> bool:
-        """Whether `fault_share` picks this item."""
-        if self._rate is None:
-            return False
-        share, _, seed = self._rate
-        return _fraction(seed + sha_of(data)) < share
-
     # -- the service --------------------------------------------------------------------
-
-    def _next_fault(self, sha: str) -> str | None:
-        with self._lock:
-            if sha in self._always:
-                return self._always[sha]
-            queue = self._once.get(sha)
-            if queue:
-                return queue.pop(0)
-            if sha not in self._seen and self._rate is not None:
-                self._seen.add(sha)
-                share, faults, seed = self._rate
-                if _fraction(seed + sha) < share:
-                    return faults[int(sha_of((seed + sha).encode())[8:12], 16) % len(faults)]
-            self._seen.add(sha)
-            return None
 
     def _record(self, call: Call) -> None:
         with self._lock:
@@ -294,15 +260,3 @@ def _image_part(content_type: str, body: bytes) -> bytes | None:
     return None
 
 
-def _key(item: bytes | str) -> str:
-    return sha_of(item) if isinstance(item, bytes) else item
-
-
-def _check(fault: str) -> str:
-    if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r}; use one of {FAULTS}")
-    return fault
-
-
-def _fraction(text: str) -> float:
-    return int(sha_of(text.encode())[:8], 16) / 0x1_0000_0000

@@ -34,6 +34,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tests.fakes.azure_cv_server import PALETTE
+from tests.fakes.faults import FaultSteering, key_of
 
 SERVICE = "google.cloud.videointelligence.v1.VideoIntelligenceService"
 OPERATIONS = "google.longrunning.Operations"
@@ -45,7 +46,7 @@ FAULTS = ("throttle", "unavailable", "internal", "stall", "malformed", "never_do
           "bad_video", "poll_unavailable")
 
 
-def item_key(content: bytes | None, uri: str | None) -> str:
+def itemkey_of(content: bytes | None, uri: str | None) -> str:
     return hashlib.sha256(content).hexdigest() if content else (uri or "")
 
 
@@ -66,7 +67,7 @@ class Analysis:
 
 def analyse(content: bytes | None, uri: str = "") -> Analysis:
     """What the fake says about a video (tests call it to know what to expect)."""
-    key = item_key(content, uri)
+    key = itemkey_of(content, uri)
     label, category = VIDEO_LABELS[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(VIDEO_LABELS)]
     if not content:
         return Analysis(label, category, 10.0, [Scene(0.0, 5.0, "gray"), Scene(5.0, 10.0, "gray")])
@@ -121,7 +122,7 @@ class _Op:
 
 
 @dataclass
-class FakeVideoIntelligence:
+class FakeVideoIntelligence(FaultSteering):
     polls_to_finish: int = 1
     retry_after: float = 0.05  # RetryInfo sent with RESOURCE_EXHAUSTED
     stall_seconds: float = 3.0
@@ -129,12 +130,13 @@ class FakeVideoIntelligence:
     deny_permission: bool = False
     calls: list[Call] = field(default_factory=list)
 
+    FAULTS = FAULTS
+    DEFAULT_ONCE = "unavailable"
+    DEFAULT_ALWAYS = "op_error"
+
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._once: dict[str, list[str]] = {}
-        self._always: dict[str, str] = {}
-        self._share: tuple[float, tuple[str, ...]] | None = None
-        self._seen: set[str] = set()
+        self._init_faults()
         self._ops: dict[str, _Op] = {}
         self._server: grpc.Server | None = None
         self.port = 0
@@ -170,36 +172,20 @@ class FakeVideoIntelligence:
 
     # -- steering -----------------------------------------------------------------------
 
-    def fail_once(self, item: bytes | str, fault: str = "unavailable", times: int = 1) -> None:
-        with self._lock:
-            self._once.setdefault(_key(item), []).extend([_check(fault)] * times)
-
-    def fail_always(self, item: bytes | str, fault: str = "op_error") -> None:
-        with self._lock:
-            self._always[_key(item)] = _check(fault)
-
-    def fault_share(self, share: float, faults: tuple[str, ...] = ("throttle", "unavailable")) -> None:
-        """A fixed `share` of items (by hash) fail their first AnnotateVideo call."""
-        with self._lock:
-            self._share = (share, tuple(_check(f) for f in faults))
-
     def reset(self) -> None:
         with self._lock:
-            for collection in (self._once, self._always, self._seen, self._ops, self.calls):
+            for collection in (self._ops, self.calls):
                 collection.clear()
-            self._share = None
             self.reject_key = self.deny_permission = False
+        self.clear_faults()
         self.storage.objects.clear()
         self.storage.uploads.clear()
         self.storage.deletes.clear()
 
-    def faulted_first_time(self, item: bytes | str) -> bool:
-        return self._share is not None and _fraction(_key(item)) < self._share[0]
-
     # -- what happened ------------------------------------------------------------------
 
     def calls_for(self, item: bytes | str, method: str = "AnnotateVideo") -> list[Call]:
-        key = _key(item)
+        key = key_of(item)
         return [c for c in self.calls if c.item == key and c.method == method]
 
     def call_times(self) -> list[float]:
@@ -210,7 +196,7 @@ class FakeVideoIntelligence:
     def _annotate(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         request = vi.AnnotateVideoRequest.deserialize(raw)
         content = bytes(request.input_content) or None
-        key = item_key(content, request.input_uri)
+        key = itemkey_of(content, request.input_uri)
         call = Call(time.monotonic(), "AnnotateVideo", key, size=len(raw))
         with self._lock:
             self.calls.append(call)
@@ -288,20 +274,6 @@ class FakeVideoIntelligence:
             detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
             status.details.append(detail)
         context.abort_with_status(rpc_status.to_status(status))
-
-    def _next_fault(self, key: str) -> str | None:
-        with self._lock:
-            if key in self._always:
-                return self._always[key]
-            queue = self._once.get(key)
-            if queue:
-                return queue.pop(0)
-            first_time = key not in self._seen
-            self._seen.add(key)
-            if first_time and self._share is not None and _fraction(key) < self._share[0]:
-                faults = self._share[1]
-                return faults[int(hashlib.sha256(key.encode()).hexdigest()[8:12], 16) % len(faults)]
-            return None
 
 
 def _response(uri: str, content: bytes | None) -> vi.AnnotateVideoResponse:
@@ -390,15 +362,5 @@ def _storage_handler(store: FakeStorage) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _key(item: bytes | str) -> str:
-    return hashlib.sha256(item).hexdigest() if isinstance(item, bytes) else item
 
 
-def _check(fault: str) -> str:
-    if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r}; use one of {FAULTS}")
-    return fault
-
-
-def _fraction(key: str) -> float:
-    return int(hashlib.sha256(("share" + key).encode()).hexdigest()[:8], 16) / 0x1_0000_0000
