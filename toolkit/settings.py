@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     clip_model: str = Field("openai/clip-vit-base-patch32", description="CLIP model name on the hub, or a local folder.")
     heads_path: Path | None = Field(None, description="Projection heads for the offline model (default: the shipped ones).")
     runtime: Literal["auto", "torch", "onnx"] = Field("auto", description="Inference runtime for the offline model.")
+    precision: Literal["int8", "fp32"] = Field(
+        "int8", description="Image backbone precision on ONNX Runtime: int8 is ~2x faster, quality within 1 point "
+                            "(bench/inference.py).")
     batch_size: int = Field(32, ge=1, le=512, description="Images per embedding batch.")
     threads: int = Field(0, ge=0, description="Inference threads (0: one per core).")
 

@@ -1,0 +1,146 @@
+"""Every performance benchmark, one table, bench/results/perf.json.
+
+    .venv/bin/python bench/run_all.py                       # everything (1M store: ~an hour to build once)
+    .venv/bin/python bench/run_all.py --scales 10000,100000 --photos 500 --memory-sizes 500,2000   # quick
+    .venv/bin/python bench/run_all.py --only search         # one part; the others keep their last figures
+
+Each part records when it ran and the machine's load then: the machine is shared, so every
+goal is a ratio or a figure measured within one run of its part.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from datetime import datetime, timezone
+
+from common import RESULTS, load_average, say  # noqa: E402
+
+PARTS = ("ingest", "search", "cold", "inference")
+
+
+def run_part(name: str, a: argparse.Namespace) -> dict:
+    if name == "ingest":
+        import ingest
+        return ingest.run(a.photos, tuple(int(x) for x in a.memory_sizes.split(",") if x))
+    if name == "search":
+        import search_scale
+        return search_scale.run(tuple(int(s) for s in a.scales.split(",")), a.queries)
+    if name == "cold":
+        import cold_start
+        return cold_start.run(a.runs)
+    import inference
+    return inference.run(a.parity)
+
+
+def stamp() -> dict:
+    return {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_1min": round(load_average(), 2)}
+
+
+def goal(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("MET" if ok else "NOT MET")
+
+
+def rows(r: dict) -> list[tuple[str, str, str]]:
+    """(measure, figure, goal verdict) for the table."""
+    out = []
+    ing = r.get("ingest")
+    if ing:
+        out += [("embedder alone, pre-decoded (img/s)", f"{ing['embedder_images_per_s']} ({ing['runtime']})", ""),
+                ("  share of arithmetic peak", f"{ing['share_of_peak']:.1%} of {ing['machine_peak_gflops']} GFLOP/s", ""),
+                (f"tag {ing['photos']} photos, folder / embedder", f"{ing['folder_ratio']} "
+                 f"({ing['tag_folder']['images_per_s']} img/s)", goal(ing["folder_ratio"] >= 0.9) + " (>= 0.9)"),
+                (f"tag {ing['photos']} photos, local S3 / embedder", f"{ing['s3_ratio']} "
+                 f"({ing['tag_s3']['images_per_s']} img/s; moto server used {ing.get('s3_server_cpu_s', '?')} "
+                 f"CPU-s of the run's {ing['tag_s3']['seconds']} s)", goal(ing["s3_ratio"] >= 0.9) + " (>= 0.9)")]
+        if "memory_ratio" in ing:
+            mem = ", ".join(f"{n}: {v:.0f} MB" for n, v in ing["peak_rss_mb"].items())
+            out.append(("peak RSS, largest / smallest bucket", f"{ing['memory_ratio']} ({mem})",
+                        goal(ing["memory_ratio"] <= 1.1) + " (<= 1.10)"))
+    else:
+        out.append(("ingestion", "-", "not measured"))
+    srch = r.get("search")
+    if srch:
+        out.append(("query embedding (text, ms p50)", str(srch["query_embedding_ms"]["p50"]), ""))
+        for n, s in srch["scales"].items():
+            big = int(n) >= 1_000_000
+            fmt = lambda ms: f"{ms['p50']} [{ms['p25']}-{ms['p75']}]"  # noqa: E731
+            out += [(f"{int(n):,}: unfiltered top-10 ms p50 [IQR]", f"{fmt(s['unfiltered_ms'])}, recall {s['unfiltered_recall']}",
+                     goal(s["unfiltered_ms"]["p50"] <= 10) + " (<= 10 ms at 1M)" if big else ""),
+                    (f"{int(n):,}: 5% filter, Chroma where", f"{fmt(s['chroma_where_ms'])}, recall {s['chroma_where_recall']}", ""),
+                    (f"{int(n):,}: 5% filter, filter index", f"{fmt(s['index_ms'])}, recall {s['index_recall']}, "
+                     f"built in {s['index_build_s']} s",
+                     goal(s["index_ms"]["p50"] <= 20 and s["index_recall"] >= 0.95) + " (<= 20 ms, recall >= 0.95 at 1M)"
+                     if big else "")]
+        ld = srch["load"]
+        out.append((f"insert into a store of {ld['store']:,} (vectors/s p50)", str(ld["vectors_per_s"]["p50"]),
+                    goal(ld["vectors_per_s"]["p50"] >= 2000) + " (>= 2000 at 1M)" if ld["store"] >= 1_000_000
+                    else "not measured at 1M"))
+        if not any(int(n) >= 1_000_000 for n in srch["scales"]):
+            out.append(("1M store (search, filter, load goals)", "-", "not measured"))
+    else:
+        out.append(("search at scale", "-", "not measured"))
+    cold = r.get("cold")
+    if cold:
+        out += [("first `toolkit search` (s p50)", f"{cold['first_search_s']['p50']} "
+                 f"[{cold['first_search_s']['p25']}-{cold['first_search_s']['p75']}]",
+                 goal(cold["first_search_s"]["p50"] <= 2) + " (<= 2 s)"),
+                ("  where it goes (s)", ", ".join(f"{k} {v}" for k, v in cold["first_search_stages_s"].items()), ""),
+                ("`toolkit --help` (s p50)", str(cold["help_s"]["p50"]), goal(cold["help_s"]["p50"] < 1) + " (< 1 s)")]
+    else:
+        out.append(("cold start", "-", "not measured"))
+    inf = r.get("inference")
+    if inf:
+        p, q = inf["parity"], inf["int8_quality"]
+        out += [("ONNX / PyTorch backbone speed", f"{inf['onnx_over_torch']}x", ""),
+                ("ONNX = PyTorch top-10 (image; text queries)", f"{p['image_top10_same']:.1%}; {p['text_top10_same']:.1%}"
+                 f" of {p['queries']}", goal(min(p["image_top10_same"], p["text_top10_same"]) >= 0.99) + " (>= 99%)"),
+                ("int8 / fp32 speed (backbone; whole embedder)",
+                 f"{inf['int8_over_fp32_backbone']}x; {inf['int8_over_fp32_embedder']}x", "needs >= 1.5x"),
+                ("int8 quality change (points)", ", ".join(f"{k} {v:+}" for k, v in q["delta_points"].items()),
+                 "needs < 1 point"),
+                ("int8 qualifies as the default (issue's rule)", "yes" if inf["int8_qualifies"] else "no",
+                 "default now: TOOLKIT_PRECISION=int8")]
+    else:
+        out.append(("inference", "-", "not measured"))
+    return out
+
+
+def print_table(r: dict) -> None:
+    table = rows(r)
+    w0, w1 = max(len(a) for a, _, _ in table), max(len(b) for _, b, _ in table)
+    print(f"{'measure':<{w0}}  {'figure':<{w1}}  goal")
+    for a, b, c in table:
+        print(f"{a:<{w0}}  {b:<{w1}}  {c}")
+    for part in PARTS:
+        if part in r.get("runs", {}):
+            print(f"  {part}: run at {r['runs'][part]['at']}, load {r['runs'][part]['load_1min']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(PARTS), help=f"parts to run: {','.join(PARTS)}")
+    ap.add_argument("--scales", default="10000,100000,1000000")
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--photos", type=int, default=2000)
+    ap.add_argument("--memory-sizes", default="2000,8000")
+    ap.add_argument("--runs", type=int, default=5, help="fresh processes per cold-start figure")
+    ap.add_argument("--parity", type=int, default=500, help="photos for ONNX/PyTorch parity and speed")
+    a = ap.parse_args()
+    path = RESULTS / "perf.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result.setdefault("runs", {})
+    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    for part in a.only.split(","):
+        say(f"== {part} (load {load_average():.2f})")
+        before = stamp()
+        result[part] = run_part(part, a)
+        result["runs"][part] = {**before, "load_1min_after": round(load_average(), 2)}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")  # each part saved as soon as it is done
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()

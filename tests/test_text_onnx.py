@@ -1,0 +1,47 @@
+"""The text tower on ONNX Runtime gives PyTorch's vectors, and a search process that finds the
+export cached never imports torch or sentence-transformers (the cold-start fix)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from taggers.offline_model import OfflineEmbedder
+
+TEXTS = ["red summer dress", "black leather sandals for men", "Gold WATCH!", "", "kids shoes " * 200]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("text-onnx")
+
+
+@pytest.fixture
+def embedder(data_dir, monkeypatch):
+    """One export per module: the cache lives in a data dir the tests share."""
+    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(data_dir))
+    emb = OfflineEmbedder(runtime="auto")
+    emb.embed_texts(["warm up: exports the tower the first time"])
+    return emb
+
+
+def test_onnx_text_vectors_equal_pytorch_ones(embedder):
+    assert embedder.text_tower() is not None
+    onnx = embedder.embed_texts(TEXTS)
+    torch_path = embedder.project_texts(embedder.texts(TEXTS))
+    assert onnx.shape == (len(TEXTS), embedder.dim)
+    np.testing.assert_allclose(onnx, torch_path, atol=1e-5)
+
+
+def test_runtime_torch_keeps_the_pytorch_path():
+    assert OfflineEmbedder(runtime="torch").text_tower() is None
+
+
+def test_a_cached_export_embeds_without_torch(embedder):
+    code = ("import sys; from taggers.offline_model import OfflineEmbedder; "
+            "v = OfflineEmbedder().embed_texts(['red dress']); "
+            "print(v.shape, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["(1,", "256)", "False", "False"]
