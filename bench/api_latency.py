@@ -19,7 +19,6 @@ import platform
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,22 +33,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+from common import free_port, say  # noqa: E402
 from toolkit.core import Toolkit  # noqa: E402
 from toolkit.settings import load_settings  # noqa: E402
 
 DEFAULT_PHOTOS = ROOT.parent / "shared" / "data" / "fashion-products"
 RESULTS = ROOT / "bench" / "results" / "api_latency.json"
 WARMUP = 10
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the store ---------------------------------------------------------------------------------

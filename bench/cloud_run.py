@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+from common import free_port, say  # noqa: E402
 from tests.fakes.azure_cv_server import FakeCustomVision  # noqa: E402
 from tests.fakes.gcp_vi_server import FakeVideoIntelligence  # noqa: E402
 from tests.helpers import write_mp4  # noqa: E402
@@ -34,16 +34,6 @@ BUCKET = "cloud-bench"
 SHARE = 0.3
 AZURE_FAULTS = ("throttle", "error", "unavailable", "drop", "malformed")
 GCP_FAULTS = ("throttle", "unavailable", "internal", "poll_unavailable")
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fill_bucket(endpoint: str, images: int, videos: int, data_dir: Path) -> tuple[list[bytes], list[bytes]]:

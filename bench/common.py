@@ -6,6 +6,7 @@ absolute timings move with the neighbours' load, ratios taken minutes apart move
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,12 @@ PHOTOS = Path(os.environ.get("TOOLKIT_SHARED_DATA", ROOT.parent / "shared" / "da
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def summary(samples: list[float]) -> dict[str, float]:
