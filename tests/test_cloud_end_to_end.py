@@ -128,6 +128,20 @@ def test_a_run_with_a_failed_item_exits_1_and_names_it(bucket, azure_env):
     assert f"failed  {broken_uri}: azure: 500 InternalServerError" in result.stderr
 
 
+def test_dry_run_counts_what_the_run_would_send_after_another_tagger(bucket, azure_env):
+    """Items tagged locally are current for `--tagger local` but not for Azure: the dry run
+    must count them as the real run would send them, not as unchanged."""
+    settings = load_settings(max_retries=1, azure_rate=100)
+    tk = Toolkit(settings, embedder=ColourEmbedder())
+    tk.tag(f"s3://{BUCKET}/images/", tagger="local")
+    assert tk.plan(f"s3://{BUCKET}/images/", tagger="local").unchanged == PHOTOS
+    plan = tk.plan(f"s3://{BUCKET}/images/", tagger="azure")
+    assert plan.unchanged == 0 and len(plan.lines["azure"].items) == PHOTOS
+    assert azure_env.calls == []
+    report = tk.tag(f"s3://{BUCKET}/images/", tagger="azure")
+    assert report.updated == len(plan.lines["azure"].items) == len(azure_env.calls)
+
+
 def test_dry_run_lists_what_each_service_would_get_and_calls_nothing(bucket, azure_env, gcp_env):
     photos, videos = bucket
     result = run("tag", f"s3://{BUCKET}/", "--tagger", "auto", "--dry-run")

@@ -149,3 +149,18 @@ def test_bare_media_is_found_without_a_catalog_row(tk, source, shared_data, phot
     hit = tk.search(image=shared_data / "images" / f"{photo_rows[3]['id']}.jpg", k=1)[0]
     assert hit.product_id is None and hit.title is None
     assert hit.media_uri.endswith(f"/{photo_rows[3]['id']}.jpg") and hit.score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_items_a_tagger_gave_no_label_are_not_tagged_again(source, tmp_path):
+    """A threshold no label reaches: the local tagger still looked at every item, so a second
+    run must not read or embed any of them again."""
+    from toolkit.settings import load_settings
+
+    tk = Toolkit(load_settings(data_dir=tmp_path / "strict", tag_threshold=1.0), embedder=ColourEmbedder())
+    first = tk.tag(str(source), tagger="local")
+    assert first.new == PHOTOS + 1
+    assert all(not m.get("tags") and m["providers"] == ["local"] for _, m in tk.store.iter_metadata())
+    embedded = tk.embedder.images_embedded
+    second = tk.tag(str(source), tagger="local")
+    assert (second.new, second.updated, second.unchanged) == (0, 0, PHOTOS + 1)
+    assert tk.embedder.images_embedded == embedded

@@ -22,6 +22,7 @@ import numpy as np
 
 from toolkit.catalog import ProductIndex
 from toolkit.errors import MediaError
+from toolkit.freshness import Existing, Freshness
 from toolkit.media import decode
 from toolkit.models import ItemFailure, Media, MediaRef, RunReport, Tag
 from toolkit.records import build_records, media_id, stored_media_tags
@@ -40,7 +41,7 @@ ItemCallback = Callable[[MediaRef, str, str | None], None]
 @dataclass
 class WorkItem:
     ref: MediaRef
-    existing: list[tuple[str, dict]] = field(default_factory=list)
+    existing: Existing = field(default_factory=list)
     media: Media | None = None
     status: str = "new"  # new | updated | unchanged | skipped | failed
     reason: str | None = None
@@ -106,26 +107,9 @@ class Pipeline:
         self.on_item = on_item or (lambda ref, status, reason: None)
         self.on_listed = on_listed or (lambda n: None)
         self.chunk_size, self.io_workers = chunk_size, io_workers
+        self.freshness = Freshness(store, plan)
 
     # -- producer side: list, look up, read, decode ---------------------------------------------
-
-    def _required(self, kind: str) -> set[str]:
-        return {t.name for t in self.plan.get(kind, [])}
-
-    def _lookup(self, refs: Sequence[MediaRef]) -> dict[str, list[tuple[str, dict]]]:
-        ids = [media_id(r.uri) for r in refs]
-        found: dict[str, list[tuple[str, dict]]] = {}
-        for rec in self.store.get(where={"media_id": {"$in": ids}}):
-            found.setdefault(rec.metadata.get("media_id", ""), []).append((rec.id, rec.metadata))
-        return found
-
-    def _is_current(self, item: WorkItem, sha: str | None = None) -> bool:
-        if not item.existing:
-            return False
-        meta = item.existing[0][1]
-        same = (sha is not None and meta.get("sha256") == sha) or (
-            sha is None and item.ref.fingerprint is not None and meta.get("fingerprint") == item.ref.fingerprint)
-        return same and self._required(meta.get("kind", "image")) <= set(meta.get("providers", []))
 
     def _load(self, item: WorkItem) -> WorkItem:
         s = self.settings
@@ -133,7 +117,7 @@ class Pipeline:
             data = self.connector.read(item.ref)
             item.media = decode(item.ref, data, max_pixels=s.max_image_pixels, video_interval=s.video_interval,
                                 scene_threshold=s.video_scene_threshold, max_frames=s.video_max_frames)
-            if self._is_current(item, item.media.sha256):
+            if self.freshness.is_current(item.ref, item.existing, item.media.sha256):
                 # Same bytes under a new fingerprint (a touched file, a re-upload): remember the
                 # new fingerprint so the next run need not read it again.
                 item.status, item.media, item.refresh = "unchanged", None, True
@@ -152,11 +136,11 @@ class Pipeline:
                         return
                     listed += len(refs)
                     self.on_listed(listed)
-                    existing = self._lookup(refs)
+                    existing = self.freshness.lookup(refs)
                     items = [WorkItem(ref=r, existing=existing.get(media_id(r.uri), [])) for r in refs]
                     for it in items:
                         if it.existing:
-                            it.status = "unchanged" if self._is_current(it) else "updated"
+                            it.status = "unchanged" if self.freshness.is_current(it.ref, it.existing) else "updated"
                     todo = [it for it in items if it.status != "unchanged"]
                     list(pool.map(self._load, todo))
                     out.put(items)
@@ -282,9 +266,17 @@ class Pipeline:
             it.status, it.reason = "failed", f"{it.ref.uri}: " + "; ".join(errors)
             return None
         media_tags, frame_tags = self._merge_tags(it, results)
-        records = build_records(it.media, media_tags, frame_tags, self.products.find(it.ref))
+        records = build_records(it.media, media_tags, frame_tags, self.products.find(it.ref),
+                                providers=self._providers(it, results))
         it.media = None  # free the pixels: the records hold all that is stored
         return records
+
+    def _providers(self, it: WorkItem, results: dict[str, object]) -> set[str]:
+        """The taggers that ran now, plus earlier ones whose tags are kept (same content only)."""
+        ran = set(results)
+        if it.existing and it.existing[0][1].get("sha256") == it.media.sha256:
+            ran |= set(it.existing[0][1].get("providers", []))
+        return ran
 
     def _merge_tags(self, it: WorkItem, results: dict[str, object]) -> tuple[list[Tag], dict[int, list[Tag]]]:
         """This run's tags, plus earlier tags from providers not run now (same content only)."""

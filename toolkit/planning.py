@@ -1,12 +1,15 @@
 """`toolkit tag --dry-run`: what would go to each tagger, and what it would cost, with no tagger called."""
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from toolkit.freshness import Existing, Freshness
 from toolkit.media import sniff
-from toolkit.models import Media
+from toolkit.models import Media, MediaRef
+from toolkit.pipeline import batched
 from toolkit.records import media_id
 from toolkit.settings import Settings
 
@@ -50,26 +53,36 @@ def _video_duration(data: bytes) -> float | None:
 def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "ChromaStore",
             settings: Settings) -> DryRunReport:
     report = DryRunReport(source=uri)
-    for ref in connector.list(uri):
-        existing = store.get(where={"media_id": media_id(ref.uri)})
-        if existing and existing[0].metadata.get("fingerprint") == ref.fingerprint and ref.fingerprint:
-            report.unchanged += 1
-            continue
-        data = connector.read(ref)
-        kind = sniff(data).kind if data else None
-        if kind is None:
-            report.skipped.append((ref.uri, "empty" if not data else "not an image or a video"))
-            continue
-        media = Media(ref=ref, data=data, kind=kind, sha256="", mime="",
-                      duration=_video_duration(data) if kind == "video" else None)
-        for tagger in plan.get(kind, []):
-            line = report.lines.setdefault(tagger.name, TaggerPlanLine(
-                tagger.name, getattr(tagger, "billing_unit", "item"), getattr(tagger, "unit_price_usd", 0.0)))
-            describe = getattr(tagger, "describe", None)
-            line.items.append(describe(media) if describe else f"{tagger.name} {kind} {ref.uri}")
-            line.units += _units(tagger, media)
-            line.cost_usd = round(line.units * line.unit_price_usd, 4)
+    fresh = Freshness(store, plan)
+    for refs in batched(connector.list(uri), 64):
+        existing = fresh.lookup(refs)
+        for ref in refs:
+            _plan_item(connector, ref, existing.get(media_id(ref.uri), []), fresh, plan, report)
     return report
+
+
+def _plan_item(connector: "Connector", ref: MediaRef, existing: Existing, fresh: Freshness,
+               plan: "TaggerPlan", report: DryRunReport) -> None:
+    if fresh.is_current(ref, existing):
+        report.unchanged += 1
+        return
+    data = connector.read(ref)
+    kind = sniff(data).kind if data else None
+    if kind is None:
+        report.skipped.append((ref.uri, "empty" if not data else "not an image or a video"))
+        return
+    if fresh.is_current(ref, existing, hashlib.sha256(data).hexdigest()):
+        report.unchanged += 1  # same bytes under a new fingerprint: the run would not send it
+        return
+    media = Media(ref=ref, data=data, kind=kind, sha256="", mime="",
+                  duration=_video_duration(data) if kind == "video" else None)
+    for tagger in plan.get(kind, []):
+        line = report.lines.setdefault(tagger.name, TaggerPlanLine(
+            tagger.name, getattr(tagger, "billing_unit", "item"), getattr(tagger, "unit_price_usd", 0.0)))
+        describe = getattr(tagger, "describe", None)
+        line.items.append(describe(media) if describe else f"{tagger.name} {kind} {ref.uri}")
+        line.units += _units(tagger, media)
+        line.cost_usd = round(line.units * line.unit_price_usd, 4)
 
 
 def _units(tagger, media: Media) -> float:

@@ -56,14 +56,16 @@ def filter_token(group: str, label: str) -> str:
     return f"{group.strip().lower()}:{label.strip().lower()}"
 
 
-def tag_fields(media_tags: list[Tag], frame_tags: list[Tag]) -> Metadata:
+def tag_fields(media_tags: list[Tag], frame_tags: list[Tag], providers: set[str]) -> Metadata:
+    """`providers` are the taggers that have looked at the item, whether or not they gave a
+    label: a re-run must not send it to them again."""
     fields: Metadata = {}
     for group, tag in best_by_group(media_tags).items():
         fields[TAG_PREFIX + group] = tag.label
         fields[f"tagconf_{group}"] = round(float(tag.confidence), 4)
     tokens = sorted({filter_token(t.group, t.label) for t in [*media_tags, *frame_tags]})
     fields["tags"] = tokens
-    fields["providers"] = sorted({t.provider for t in [*media_tags, *frame_tags]})
+    fields["providers"] = sorted(providers | {t.provider for t in [*media_tags, *frame_tags]})
     fields["tags_json"] = json.dumps([tag_to_dict(t) for t in media_tags])
     if frame_tags:
         fields["frame_tags_json"] = json.dumps([tag_to_dict(t) for t in frame_tags])
@@ -91,13 +93,13 @@ def media_fields(ref: MediaRef, media: Media) -> Metadata:
 
 
 def build_records(media: Media, media_tags: list[Tag], frame_tags: dict[int, list[Tag]],
-                  product: Product | None) -> list[Record]:
+                  product: Product | None, providers: set[str] = frozenset()) -> list[Record]:
     assert media.embeddings is not None and len(media.embeddings) == len(media.frames)
     base = {**media_fields(media.ref, media), **product_fields(product)}
     records = []
     for i, frame in enumerate(media.frames):
         frame_no = i if media.kind == "video" else None
-        meta = {**base, **tag_fields(media_tags, frame_tags.get(i, []))}
+        meta = {**base, **tag_fields(media_tags, frame_tags.get(i, []), set(providers))}
         if frame_no is not None:
             meta.update(frame=frame_no, timestamp=frame.timestamp)
         records.append(Record(id=record_id(media.ref.uri, media.sha256, frame_no),
