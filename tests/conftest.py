@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, ColourEmbedder
+from tests.helpers import REPO, ColourEmbedder, free_port
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,12 +22,6 @@ try:  # the cloud engineer's fake Azure/Google servers, when present
     from tests.fakes.fixtures import *  # noqa: F401,F403
 except ImportError:
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, what: str, timeout: float = 60.0) -> None:

@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import re
+import socket
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +13,12 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ColourEmbedder:

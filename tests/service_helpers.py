@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tests.helpers import ColourEmbedder, read_styles, write_mp4, write_products_csv
+from tests.helpers import ColourEmbedder, free_port, read_styles, write_mp4, write_products_csv
 from toolkit.core import Toolkit
 from toolkit.settings import Settings
 
@@ -66,12 +65,6 @@ def build_catalog(root: Path, shared: Path, *, real_model: bool = False, **setti
     report = tk.tag(photos, tagger="local")
     assert report.new == len(rows) + 1 and not report.failed and not report.skipped, report
     return Catalog(photos=photos, products_csv=products, rows=rows, toolkit=tk)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
