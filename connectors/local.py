@@ -49,5 +49,8 @@ class LocalConnector:
     def read(self, ref: MediaRef) -> bytes:
         try:
             return to_path(ref.uri).read_bytes()
+        except FileNotFoundError:
+            raise MediaError(f"{ref.uri}: no such file (moved or deleted); put it back, or it cannot be "
+                             f"indexed") from None
         except OSError as exc:
             raise MediaError(f"{ref.uri}: cannot read ({exc.strerror}); check the file's permissions") from exc

@@ -211,7 +211,7 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
         """The store and model in use; 503 with the reason when either cannot be opened."""
         s = tk.settings
         backend = f"chroma-server {s.chroma_host}:{s.chroma_port}" if s.uses_chroma_server else "chroma-embedded"
-        return Health(status="ok", store=StoreInfo(backend=backend, collection=s.collection, records=tk.store.count()),
+        return Health(status="ok", store=StoreInfo(backend=backend, collection=tk.collection, records=tk.store.count()),
                       model=ModelInfo(id=tk.embedder.model_id, dim=tk.embedder.dim),
                       hybrid_weight=s.hybrid_weight, max_upload_mb=s.max_upload_mb)
 

@@ -7,17 +7,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from toolkit import registry
+from toolkit.errors import ConfigError, ModelMismatchError, ToolkitError
 from toolkit.filters import Where
 from toolkit.models import Hit, RunReport
 from toolkit.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from store.chroma import ChromaStore
+    from store.collections import CollectionInfo
     from taggers.base import Embedder
     from toolkit.catalog import ImportReport
     from toolkit.evaluation import EvalReport
     from toolkit.pipeline import ItemCallback
     from toolkit.planning import DryRunReport
+    from toolkit.reindex import ReindexCallback, ReindexReport
 
 
 @dataclass
@@ -48,28 +51,75 @@ class Toolkit:
                  **overrides: Any) -> None:
         self.settings = settings or load_settings(**overrides)
         self._embedder = embedder
+        self._embedder_given = embedder is not None
+        self._collection: str | None = None
         self._store: "ChromaStore | None" = None
         self._products: "ChromaStore | None" = None
 
     # Heavy parts load on first use, so constructing a Toolkit (and `toolkit --help`) is instant.
     @property
+    def collection(self) -> str:
+        """The collection in use: the one TOOLKIT_COLLECTION points at (`toolkit reindex`,
+        `toolkit collections use`), else the collection of that name itself."""
+        if self._collection is None:
+            from store.collections import active
+
+            self._collection = active(self.settings)
+        return self._collection
+
+    @property
+    def model_settings(self) -> Settings:
+        """The settings that pick the embedding model: the model recorded for the collection in
+        use (by `toolkit reindex`), except where TOOLKIT_MODEL and its settings are set explicitly."""
+        from store.collections import record
+
+        return registry.with_model_spec(self.settings, record(self.settings, self.collection).get("model"))
+
+    @property
     def embedder(self) -> "Embedder":
         if self._embedder is None:
-            self._embedder = registry.embedder(self.settings)
+            self._embedder = registry.embedder(self.model_settings)
         return self._embedder
 
     @property
     def store(self) -> "ChromaStore":
         if self._store is None:
-            self._store = registry.store(self.settings, self.embedder)
+            self._store = self._open(self.collection)
         return self._store
 
     @property
     def products_store(self) -> "ChromaStore":
         if self._products is None:
-            self._products = registry.store(self.settings, self.embedder,
-                                            collection=f"{self.settings.collection}-products")
+            from store.collections import products_name
+
+            self._products = self._open(products_name(self.collection))
         return self._products
+
+    def _open(self, name: str) -> "ChromaStore":
+        try:
+            return registry.store(self.settings, self.embedder, collection=name)
+        except ModelMismatchError as exc:
+            overrides = [] if self._embedder_given else self.setting_conflicts()
+            if not overrides:
+                raise
+            raise ModelMismatchError(
+                f"{exc.args[0].split(';')[0]}; {', '.join(overrides)} (environment or .env) overrides the model "
+                f"recorded for it: unset {'them' if len(overrides) > 1 else 'it'}, or switch collections with "
+                f"`toolkit collections use NAME`") from None
+
+    def setting_conflicts(self) -> list[str]:
+        """Model settings set explicitly (environment, .env, arguments) that differ from the
+        model recorded for the collection in use, as TOOLKIT_X=value: they win, so searches fail
+        with a model mismatch until they are unset."""
+        from store.collections import record
+
+        return registry.explicit_overrides(self.settings, record(self.settings, self.collection).get("model"))
+
+    def _switched(self) -> None:
+        """The collection in use changed: open it (and its model) afresh on next use."""
+        self._collection = self._store = self._products = None
+        if not self._embedder_given:
+            self._embedder = None
 
     def tag(self, source: str | Path, tagger: str = "auto", on_item: "ItemCallback | None" = None,
             on_listed: "Callable[[int], None] | None" = None) -> RunReport:
@@ -151,9 +201,94 @@ class Toolkit:
                 for key, value in meta.items():
                     if key.startswith("tag_"):
                         groups.setdefault(key[4:], Counter())[value] += 1
-        return Stats(store=describe_location(self.settings), collection=self.settings.collection,
+        return Stats(store=describe_location(self.settings), collection=self.collection,
                      model_id=self.embedder.model_id, dim=self.embedder.dim, records=records,
                      media=len(media_ids), images=kinds["image"], videos=kinds["video"],
                      frames=records - kinds["image"], products=self.products_store.count(),
                      linked_media=len(linked),
                      tag_counts={g: dict(c.most_common(top)) for g, c in sorted(groups.items())})
+
+    # ---- changing models: collections behind TOOLKIT_COLLECTION -------------------------------
+
+    def reindex(self, model: str, *, heads_path: str | Path | None = None, precision: str | None = None,
+                clip_model: str | None = None, skip_missing: bool = False,
+                on_item: "ReindexCallback | None" = None,
+                on_listed: "Callable[[int], None] | None" = None) -> "ReindexReport":
+        """Rebuild the collection in use with another model (a name of `registry.EMBEDDERS`,
+        with the model settings in force, which `heads_path`, `precision`, `clip_model` override)
+        into a new collection beside it, and switch to it once every item is there.
+
+        Items that cannot be read again are listed in the report's `missing`; the switch waits
+        for them (rerun when they are back) unless `skip_missing`, which leaves them out.
+        A rerun continues an interrupted run without embedding again what is done."""
+        from toolkit.reindex import reindex
+
+        new_settings = self._new_model_settings(model, heads_path=heads_path, precision=precision,
+                                                clip_model=clip_model)
+        source_model = None
+        if not self._embedder_given:
+            try:  # record what built the old collection, so `collections use` can go back to it
+                from store.collections import built_by
+
+                if self.embedder.model_id == built_by(self.settings, self.collection)[0]:
+                    source_model = registry.model_spec(self.model_settings)
+            except ToolkitError:
+                pass
+        report = reindex(self.settings, self.settings.collection, self.collection, new_settings,
+                         source_model=source_model, skip_missing=skip_missing, on_item=on_item,
+                         on_listed=on_listed)
+        if report.switched:
+            self._switched()
+            report.warnings = self.conflict_warnings()
+        return report
+
+    def _new_model_settings(self, model: str, **overrides: Any) -> Settings:
+        if model not in registry.EMBEDDERS:
+            raise ConfigError(f"--model {model!r} is not a model; use one of {', '.join(registry.EMBEDDERS)}")
+        fields = registry.MODEL_SETTINGS.get(model, ())
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for name in given:
+            if name not in fields:
+                flag = "--heads" if name == "heads_path" else f"--{name.replace('_', '-')}"
+                owners = ", ".join(m for m, names in registry.MODEL_SETTINGS.items() if name in names)
+                raise ConfigError(f"{flag} does not apply to --model {model}; it applies to --model {owners}")
+        if "heads_path" in given:
+            given["heads_path"] = Path(given["heads_path"])
+        base = self.model_settings if not self._embedder_given else self.settings
+        return base.model_copy(update={"model": model, **given})
+
+    def conflict_warnings(self) -> list[str]:
+        """`setting_conflicts` as a sentence, for after a switch."""
+        overrides = self.setting_conflicts()
+        if not overrides:
+            return []
+        return [f"{', '.join(overrides)} is set in the environment or .env and overrides the model of "
+                f"'{self.collection}': searches will fail with a model mismatch until you unset it"]
+
+    def collections(self) -> "list[CollectionInfo]":
+        """Every media collection in the store: model, records, products, which one is in use."""
+        from store.collections import list_collections
+
+        return list_collections(self.settings)
+
+    def use_collection(self, name: str) -> "CollectionInfo":
+        """Point TOOLKIT_COLLECTION at collection `name` (e.g. back to the one before a reindex)."""
+        from store.collections import check_usable, point
+
+        check_usable(self.settings, name)
+        point(self.settings, self.settings.collection, name)
+        self._switched()
+        return next(c for c in self.collections() if c.name == name)
+
+    def drop_collection(self, name: str,
+                        confirm: "Callable[[CollectionInfo], bool] | None" = None) -> "CollectionInfo | None":
+        """Delete collection `name` and its products collection; refuses the one in use.
+        `confirm(info)` is asked after the checks; when it says no, nothing is dropped (None)."""
+        from store.collections import check_droppable, drop
+
+        check_droppable(self.settings, name)
+        info = next(c for c in self.collections() if c.name == name)
+        if confirm is not None and not confirm(info):
+            return None
+        drop(self.settings, name)
+        return info

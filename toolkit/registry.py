@@ -5,6 +5,7 @@ missing optional SDK only matters to the user who picks that backend.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
@@ -66,6 +67,50 @@ def embedder(settings: Settings) -> "Embedder":
     if settings.model not in EMBEDDERS:
         raise ConfigError(f"TOOLKIT_MODEL={settings.model!r} is not a model; use one of {', '.join(EMBEDDERS)}")
     return EMBEDDERS[settings.model](settings)
+
+
+#: Besides TOOLKIT_MODEL, the settings that decide which model (so which model id) an embedder is.
+MODEL_SETTINGS: dict[str, tuple[str, ...]] = {"offline": ("heads_path", "runtime", "precision"),
+                                              "clip": ("clip_model",)}
+
+
+def model_spec(settings: Settings) -> dict[str, str]:
+    """The model settings in force, as recorded on a collection `toolkit reindex` builds
+    (paths made absolute, so the record holds from any working directory)."""
+    spec = {"model": settings.model}
+    for name in MODEL_SETTINGS.get(settings.model, ()):
+        value = getattr(settings, name)
+        if isinstance(value, Path) or (name == "clip_model" and Path(str(value)).expanduser().is_dir()):
+            value = Path(value).expanduser().resolve()
+        if value is not None:
+            spec[name] = str(value)
+    return spec
+
+
+def with_model_spec(settings: Settings, spec: dict[str, str] | None) -> Settings:
+    """Settings whose model is the recorded `spec`, except for what the user set explicitly
+    (environment, .env, arguments): an explicit setting is never silently ignored."""
+    if not spec:
+        return settings
+    update: dict[str, object] = {}
+    for name in ("model", *MODEL_SETTINGS.get(spec.get("model", ""), ())):
+        if name not in settings.model_fields_set:
+            value = spec.get(name)
+            update[name] = Path(value) if name == "heads_path" and value else value
+    return settings.model_copy(update={k: v for k, v in update.items() if v is not None or k == "heads_path"})
+
+
+def explicit_overrides(settings: Settings, spec: dict[str, str] | None) -> list[str]:
+    """The explicit settings that differ from a recorded model spec, as TOOLKIT_X=value."""
+    if not spec:
+        return []
+    wanted = model_spec(settings.model_copy(update={"model": spec.get("model")}))
+    out = []
+    for name in ("model", *MODEL_SETTINGS.get(spec.get("model", ""), ())):
+        if name in settings.model_fields_set and (settings.model if name == "model" else wanted.get(name)) \
+                != spec.get(name):
+            out.append(f"TOOLKIT_{name.upper()}={getattr(settings, name)}")
+    return out
 
 
 def store(settings: Settings, embedder: "Embedder", collection: str | None = None) -> "VectorStore":

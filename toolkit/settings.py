@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     chroma_path: Path | None = Field(None, description="Embedded Chroma folder (default: DATA_DIR/chroma).")
     chroma_host: str | None = Field(None, description="Chroma server host; with CHROMA_PORT, use a server instead of the embedded store.")
     chroma_port: int | None = Field(None, description="Chroma server port.")
-    collection: str = Field("catalog", description="Name of the media collection.")
+    collection: str = Field("catalog", description="Name of the media collection; after `toolkit reindex` it points at the collection in use (`toolkit collections list`).")
 
     # Embedding model
     model: Literal["offline", "clip"] = Field("offline", description="Embedding backend: offline (shipped two-tower model) or clip.")

@@ -13,7 +13,7 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) 
     if as_json:
         print_json(s)
         return
-    out.print(f"store       {s.store} (collection {s.collection})", highlight=False)
+    out.print(f"store       {s.store} (collection {s.collection})", highlight=False, soft_wrap=True)
     out.print(f"model       {s.model_id} ({s.dim}-d)", highlight=False)
     out.print(f"media       {s.media} ({s.images} images, {s.videos} videos with {s.frames} frames)", highlight=False)
     out.print(f"records     {s.records}", highlight=False)
