@@ -134,7 +134,7 @@ def run(parity_n: int = 500, speed_batches: int = 8) -> dict:
     int8_file = quantize_backbone(feat.onnx_path())
     int8_bb = OnnxBackbone(int8_file, feat.threads)
     set_threads(feat.threads)
-    torch_bb = TorchBackbone(load_backbone(feat.overrides))
+    torch_bb = TorchBackbone(load_backbone(feat.overrides), feat.mid)
     arrs = squares([images / f"{r['id']}.jpg" for r in ev])
     say("inference: speed")
     backbone = speeds({"torch": lambda x: torch_bb(normalise(x)), "onnx": lambda x: onnx_bb(normalise(x)),

@@ -1,8 +1,9 @@
 """Retrieval and tagging quality of the offline model on the fixed eval split.
 
     .venv/bin/python bench/quality.py [--data DIR] [--heads PATH] [--threads 2] [--no-speed]
+        [--precision fp32|int8]   (default: TOOLKIT_PRECISION, else fp32)
 
-Prints a table and writes bench/results/quality.json. Eval photos are never trained on
+Prints a table and writes bench/results/quality.json (quality-int8.json for the int8 backbone). Eval photos are never trained on
 (toolkit/split.py); their features are cached by file hash, so re-runs are quick.
 Baselines: raw EfficientNet-Lite0 features, and a linear probe (logistic regression on
 train-split features) whose class probabilities serve as embeddings.
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from taggers.clip_local import LocalTagger  # noqa: E402
-from taggers.offline_model import BACKBONE_DIM, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
+from taggers.offline_model import BACKBONE_DIM, OfflineEmbedder, cache_dir  # noqa: E402
 from toolkit.split import eval_rows, train_rows  # noqa: E402
 from toolkit.training import image_features  # noqa: E402
 
@@ -126,6 +127,24 @@ def linear_probe(train_f: np.ndarray, train_r: list[dict], eval_f: np.ndarray, e
     return l2(np.concatenate(parts, axis=1)), acc
 
 
+def features_of(model: OfflineEmbedder):
+    """The model's own image featurizer (its mid-level features and precision), for image_features;
+    int8 features are cached under their own key, never mixed with fp32 ones."""
+    feat = model.images
+    if model.precision == "fp32":
+        return feat
+    feat.runner()
+    from taggers.quantize import int8_path
+    from taggers.weights import file_sha256
+
+    class Int8:
+        backbone_key = f"{feat.backbone_key}-int8-{file_sha256(int8_path(feat.onnx_path()))[:12]}"
+        backbone = staticmethod(feat.backbone)
+
+    assert feat.precision_used == "int8", "int8 quantisation failed; see the log"
+    return Int8()
+
+
 def throughput(paths: list[Path], heads: Path | None, threads: int) -> dict:
     from PIL import Image
 
@@ -154,18 +173,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-speed", action="store_true", help="skip the throughput measurement")
     ap.add_argument("--no-probe", action="store_true", help="skip the linear-probe baseline")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    ap.add_argument("--precision", choices=["fp32", "int8"], default=os.environ.get("TOOLKIT_PRECISION") or "fp32",
+                    help="image backbone precision (int8: the shipped default; skips the probe baseline)")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / ("quality.json" if args.precision == "fp32" else
+                                                         f"quality-{args.precision}.json")
 
     images, catalog = args.data / "images", args.data / "styles.csv"
     ev = sorted(eval_rows(catalog, images), key=lambda r: int(r["id"]) if r["id"].isdigit() else r["id"])
-    model = OfflineEmbedder(args.heads, threads=args.threads)
-    feat = ImageFeaturizer("auto", 64, args.threads)
+    model = OfflineEmbedder(args.heads, threads=args.threads, precision=args.precision)
+    feat = features_of(model)
     cache = cache_dir() / "features"
     say(f"eval split: {len(ev)} photos; features ...")
     ev_f, _ = image_features([images / f"{r['id']}.jpg" for r in ev], feat, cache, False, say)
     emb = model.project_images(ev_f)
-    result: dict = {"model_id": model.model_id, "eval_items": len(ev)}
+    result: dict = {"model_id": model.model_id, "eval_items": len(ev), "precision": args.precision}
 
     result["image_to_image"] = {"model": image_to_image(emb, ev),
                                 "raw_effnet": image_to_image(l2(ev_f[:, :BACKBONE_DIM]), ev)}
@@ -174,7 +197,7 @@ def main() -> None:
     result["attribute_queries@10"] = attribute_queries(model, emb[:GALLERY], gal)
     tagger = LocalTagger(model, None, threshold=0.35)
     result["tag_accuracy"] = tag_accuracy(tagger, emb, ev)
-    if not args.no_probe:
+    if not args.no_probe and args.precision == "fp32":
         say("linear probe baseline ...")
         tr = train_rows(catalog, images)
         tr_f, _ = image_features([images / f"{r['id']}.jpg" for r in tr], feat, cache, False, say)

@@ -31,10 +31,14 @@ class HeadsConfig:
     dropout: float = 0.1
     #: Backbone blocks whose weights the file replaces (fine-tuned); empty: pure ImageNet.
     finetuned: list[str] = field(default_factory=list)
+    #: Pooled mid-level backbone features after the 1280-d descriptor (taggers/backbone.py
+    #: `parse_mid`, e.g. "4,7,10,14/mean,mask,max") and their length; "" and 0: none.
+    mid_features: str = ""
+    mid_dim: int = 0
 
     @property
     def image_in(self) -> int:
-        return self.backbone_dim + self.colour_dim
+        return self.backbone_dim + self.mid_dim + self.colour_dim
 
 
 class Projection(nn.Module):

@@ -124,8 +124,10 @@ class ImageFeaturizer:
 
     def __init__(self, runtime: Runtime = "auto", batch_size: int = 32, threads: int = 0,
                  overrides: dict[str, Any] | None = None, overrides_key: str = "",
-                 precision: Precision = "fp32") -> None:
+                 precision: Precision = "fp32", mid: str = "") -> None:
         self.runtime = runtime
+        #: Mid-level features appended to the 1280-d descriptor (taggers/backbone.py `parse_mid`).
+        self.mid = mid
         self.precision = precision
         self.precision_used: str | None = None
         self.batch_size = batch_size
@@ -139,8 +141,9 @@ class ImageFeaturizer:
 
     @property
     def backbone_key(self) -> str:
-        """Identifies the backbone weights: ImageNet ones plus any fine-tuned overrides."""
-        h = hashlib.sha256(f"{weights.EFFNET_LITE0_SHA256}:{self.overrides_key}".encode())
+        """Identifies the backbone weights (ImageNet ones plus any fine-tuned overrides) and its outputs."""
+        mid = f":mid={self.mid}" if self.mid else ""
+        h = hashlib.sha256(f"{weights.EFFNET_LITE0_SHA256}:{self.overrides_key}{mid}".encode())
         return h.hexdigest()[:16]
 
     def onnx_path(self) -> Path:
@@ -164,7 +167,7 @@ class ImageFeaturizer:
         from taggers.backbone import TorchBackbone, load_backbone
 
         set_threads(self.threads)
-        return TorchBackbone(load_backbone(self.overrides)), "torch"
+        return TorchBackbone(load_backbone(self.overrides), self.mid), "torch"
 
     def _onnx(self) -> OnnxBackbone:
         import onnxruntime  # noqa: F401 - fail before a pointless export
@@ -175,7 +178,7 @@ class ImageFeaturizer:
 
             log.info("exporting the image backbone to ONNX at %s (once)", path)
             set_threads(self.threads)
-            export_onnx(load_backbone(self.overrides), path)
+            export_onnx(load_backbone(self.overrides), path, self.mid)
         return OnnxBackbone(self._int8(path) if self.precision == "int8" else path, self.threads)
 
     def _int8(self, fp32: Path) -> Path:
@@ -193,11 +196,17 @@ class ImageFeaturizer:
             self.precision_used = "fp32"
             return fp32
 
+    @property
+    def backbone_dim(self) -> int:
+        from taggers.backbone import mid_dim
+
+        return BACKBONE_DIM + (mid_dim(self.mid) if self.mid else 0)
+
     def backbone(self, batch: np.ndarray) -> np.ndarray:
-        """Pooled backbone descriptors (N, 1280) of squared uint8 pictures (N, 224, 224, 3)."""
+        """Pooled backbone descriptors (N, 1280 + mid-level) of squared uint8 pictures (N, 224, 224, 3)."""
         run = self.runner()
         out = [run(normalise(batch[i: i + self.batch_size])) for i in range(0, len(batch), self.batch_size)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, BACKBONE_DIM), np.float32)
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.backbone_dim), np.float32)
 
     def arrays(self, batch: np.ndarray) -> np.ndarray:
         """Backbone + colour features of squared uint8 pictures (N, 224, 224, 3). The colour
@@ -215,7 +224,7 @@ class ImageFeaturizer:
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         out = [self.arrays(np.stack([to_square(im) for im in images[i: i + self.batch_size]]))
                for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.backbone_dim + COLOUR_DIM), np.float32)
 
 
 class TextFeaturizer:
@@ -298,7 +307,7 @@ class OfflineEmbedder:
                 self._heads, overrides = self._load_heads()
                 self._images = ImageFeaturizer(self.runtime, self.batch_size, self.threads, overrides,
                                                weights.file_sha256(self.verified_heads) if overrides else "",
-                                               self.precision)
+                                               self.precision, self._heads.cfg.mid_features)
             return self._heads
 
     def _load_heads(self) -> tuple["Heads", dict[str, Any]]:

@@ -92,3 +92,20 @@ def test_onnx_runtime_matches_torch(offline, photo, tmp_path, monkeypatch) -> No
     again = OfflineEmbedder(runtime="auto", threads=2)
     np.testing.assert_allclose(again.embed_images(pics[:1]), a[:1], atol=1e-5)
     assert again.runtime_used == "onnx"
+
+
+def test_mid_level_feature_spec_names_blocks_and_pools() -> None:
+    from taggers.backbone import mid_dim, parse_mid
+
+    assert parse_mid("4,7,10,14/mask") == ((4, 7, 10, 14), ("mask",))
+    assert mid_dim("4,7,10,14/mask") == 40 + 80 + 112 + 192 and mid_dim("") == 0
+    for bad in ("4,7/median", "4,16/mask", "mask"):
+        with pytest.raises(ModelError, match="mid-level"):
+            parse_mid(bad)
+
+
+def test_shipped_heads_see_the_mid_level_features(offline, photo) -> None:
+    heads = offline.heads()
+    assert heads.cfg.mid_features and heads.cfg.mid_dim == offline.images.backbone_dim - 1280
+    feats = offline.images([photo("tshirt")])
+    assert feats.shape == (1, heads.cfg.image_in)

@@ -1,7 +1,8 @@
 """Training of the offline model's projection heads from catalog photos and their attributes.
 
-Image side: frozen EfficientNet-Lite0 descriptor + colour features (cached on disk by
-image hash, with a mirrored copy for augmentation). Text side: frozen MiniLM embeddings
+Image side: frozen EfficientNet-Lite0 descriptor, the product-masked mean of four
+mid-level blocks' outputs (they still see colour and texture) and colour features (cached
+on disk by image hash, with a mirrored copy for augmentation). Text side: frozen MiniLM embeddings
 of captions: each product's title, the tagger's own vocabulary prompts ("a photo of
 Tshirts") and attribute phrases ("Men Black Casual Shoes"). The loss is CLIP's symmetric
 InfoNCE with a learnable temperature, extended to several positives per row: a caption
@@ -59,6 +60,7 @@ COMBOS = [
 ]
 CAPTION_WEIGHTS = {"title": 0.6, "prompt": 0.2, "combo": 0.2}
 LITE0_BLOCKS = 16
+MID_FEATURES = "4,7,10,14/mask"
 REQUIRED_COLUMNS = {"id", "productDisplayName", *GROUP_COLUMNS.values()}
 
 
@@ -79,11 +81,16 @@ class TrainConfig:
     #: photo's mirror image) are pulled together, so that photo search returns look-alikes.
     image_loss: float = 0.5
     image_temperature: float = 0.1
+    #: Attributes two photos must share to be positives of the image-image loss.
+    look_fields: tuple[str, ...] = ("article_type", "colour")
     #: Last backbone blocks fine-tuned after the heads (0: frozen ImageNet backbone).
     finetune_blocks: int = 0
     finetune_epochs: int = 3
     finetune_lr: float = 1e-4
     finetune_batch_size: int = 256
+    #: Pooled mid-level backbone features fed to the image head besides the last layer's
+    #: (taggers/backbone.py `parse_mid`); "" for the 1280-d descriptor alone.
+    mid_features: str = MID_FEATURES
     exclude_eval: bool = True
     runtime: str = "auto"
     threads: int = 0
@@ -359,11 +366,12 @@ def match_matrix(item_codes: np.ndarray, req: np.ndarray) -> tuple[np.ndarray, n
     return match, ignore
 
 
-def look_codes(caps: Captions) -> np.ndarray:
-    """One code per item for its (article type, colour) pair; items missing either get a code of their own."""
-    at, col = FIELDS.index("article_type"), FIELDS.index("colour")
-    pairs = caps.item_codes[:, [at, col]]
-    codes = pairs[:, 0] * 100_000 + pairs[:, 1]
+def look_codes(caps: Captions, fields: Iterable[str] = ("article_type", "colour")) -> np.ndarray:
+    """One code per item for its (article type, colour, ...) values; items missing any get a code of their own."""
+    pairs = caps.item_codes[:, [FIELDS.index(f) for f in fields]]
+    codes = np.zeros(len(pairs), dtype=np.int64)
+    for col in pairs.T:
+        codes = codes * 100_000 + col
     unknown = (pairs < 0).any(axis=1)
     codes[unknown] = -1 - np.arange(int(unknown.sum()))
     return codes
@@ -411,7 +419,7 @@ def fit(img_f: np.ndarray, img_m: np.ndarray | None, txt_f: np.ndarray, caps: Ca
     steps_per_epoch = max(1, n // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                 pct_start=0.1)
-    look_keys = torch.from_numpy(look_codes(caps))
+    look_keys = torch.from_numpy(look_codes(caps, cfg.look_fields))
     # Copies into torch-allocated (aligned) memory: MKL results may otherwise depend on alignment.
     imgs = torch.tensor(img_f)
     mirr = torch.tensor(img_m) if img_m is not None else None
@@ -565,7 +573,11 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     rows, excluded = training_rows(Path(images_dir), Path(catalog_csv), cfg.exclude_eval, cfg.limit)
     say(f"training on {len(rows)} photos ({excluded} eval/other items left out)")
     vocab = load_vocabulary(vocabulary)
-    featurizer = ImageFeaturizer(cfg.runtime, 64, cfg.threads)  # type: ignore[arg-type]
+    if cfg.finetune_blocks and cfg.mid_features:
+        # The fine-tuned tail only produces the last layer's descriptor.
+        say("fine-tuning: the image head sees the 1280-d descriptor and colour only (no mid-level features)")
+        cfg.mid_features = ""
+    featurizer = ImageFeaturizer(cfg.runtime, 64, cfg.threads, mid=cfg.mid_features)  # type: ignore[arg-type]
     img_f, img_m = image_features([Path(images_dir) / f"{r['id']}.jpg" for r in rows], featurizer,
                                   cache_dir() / "features", cfg.flip, say)
     caps = build_captions(rows, vocab)
@@ -573,6 +585,7 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     txt_f = text_features(caps.texts, TextFeaturizer(128, cfg.threads),
                           cache_dir() / "features" / f"text-{minilm}.npz", say)
     heads_cfg = HeadsConfig(colour_dim=COLOUR_DIM, colour_version=COLOUR_VERSION, backbone_dim=BACKBONE_DIM,
+                            mid_features=cfg.mid_features, mid_dim=featurizer.backbone_dim - BACKBONE_DIM,
                             hidden=cfg.hidden, dim=cfg.dim, dropout=cfg.dropout)
     heads, loss = fit(img_f, img_m, txt_f, caps, cfg, heads_cfg, say)
     backbone_state = None
@@ -618,5 +631,6 @@ def heads_info(heads_path: Path | None = None) -> dict[str, object]:
     training = meta.get("training", {})
     return {"path": str(path), "model_id": model.model_id, "dim": model.dim,
             "finetuned": meta.get("config", {}).get("finetuned", []),
+            "mid_features": meta.get("config", {}).get("mid_features", ""),
             "split": training.get("split"), "trained_on": training.get("n_train"),
             "epochs": training.get("epochs"), "created": meta.get("created")}
