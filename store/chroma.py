@@ -6,8 +6,10 @@ vectors from any other model: mixing spaces would make every score meaningless.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
@@ -22,8 +24,15 @@ if TYPE_CHECKING:
 #: Chroma 1.5 refuses add/upsert batches above 5,461 records.
 MAX_BATCH = 5000
 SCHEMA_VERSION = 1
-#: Chroma's defaults recall poorly (0.16 recall@10 on 50k vectors); these are measured in bench/recall.py.
-HNSW = {"space": "cosine", "ef_search": 400, "ef_construction": 200, "max_neighbors": 32}
+#: Chroma's defaults recall poorly (0.16 recall@10 on 50k vectors). ef_construction sets the
+#: insert cost; ef_search and max_neighbors (M) the recall and query cost. Measured on 100k
+#: vectors (bench/search_scale.py --hnsw, and README "Benchmarks"): ef_construction 100 inserts
+#: 1.2-1.6x more records per CPU-second than 200, and ef_search 600 on its graph gives the
+#: recall and latency that ef_construction 200 with ef_search 400 gave (text queries, same run:
+#: synthetic vectors 0.924 vs 0.914, real-embedding vectors 0.958 vs 0.948, within 0.1 ms). Collections keep the
+#: configuration they were created with (ef_construction and M cannot change later, and a
+#: changed ef_search takes effect when a process next loads the index); new ones get this.
+HNSW = {"space": "cosine", "ef_search": 600, "ef_construction": 100, "max_neighbors": 32}
 
 _clients: dict[tuple, Any] = {}
 #: From this size on, filtered queries go through store.filtered's exact in-memory index:
@@ -32,6 +41,11 @@ FILTER_INDEX_MIN = 20_000
 #: Chroma's count() scans the collection (0.9 ms at 10k records, 4.8 ms at 100k): queries use a
 #: count this many seconds old at most. Writes through this store refresh it at once.
 COUNT_TTL = 1.0
+#: Whether a filtered query that finds no current filter index starts building one in the
+#: background (and answers through Chroma meanwhile). Right for long-lived processes (`toolkit
+#: serve`, a notebook); one-shot commands turn it off, since the process would exit mid-build:
+#: they use a saved index when it is current (see ChromaStore._load_saved) and Chroma otherwise.
+BUILD_FILTER_INDEX = True
 
 
 def client_for(settings: "Settings"):
@@ -70,21 +84,27 @@ def describe_location(settings: "Settings") -> str:
 class ChromaStore:
     """One Chroma collection; implements store.base.VectorStore."""
 
-    def __init__(self, collection, model_id: str, dim: int) -> None:
+    def __init__(self, collection, model_id: str, dim: int, chroma_path: Path | None = None) -> None:
         self._col = collection
         self.model_id = model_id
         self.dim = dim
         self.name = collection.name
         self.filter_index_min = FILTER_INDEX_MIN
+        self.build_filter_index = BUILD_FILTER_INDEX
         self._index: "FilterIndex | None" = None
         self._writes = 0  # bumped by every write: an index built across a write is discarded
-        self._count_cache: tuple[float, int, int] | None = None  # (time, writes then, count)
+        self._count_cache: tuple[float, int, int, int | None] | None = None  # (time, writes then, count, seq)
         self._building: threading.Thread | None = None
         self._index_lock = threading.Lock()
+        # Embedded stores keep a saved filter index beside Chroma's folder, one per collection id;
+        # its stamp is Chroma's write sequence number, which every write by any process advances.
+        self._sqlite = chroma_path / "chroma.sqlite3" if chroma_path is not None else None
+        self.index_dir = (chroma_path.parent / f"{chroma_path.name}-filter-index" / str(collection.id)
+                          if chroma_path is not None else None)
 
     @classmethod
     def open(cls, settings: "Settings", name: str, *, model_id: str, dim: int,
-             create: bool = True) -> "ChromaStore":
+             create: bool = True, hnsw: dict | None = None) -> "ChromaStore":
         client = client_for(settings)
         meta = {"model_id": model_id, "dim": dim, "schema": SCHEMA_VERSION}
         try:
@@ -93,9 +113,10 @@ class ChromaStore:
             if not create:
                 raise StoreError(f"no collection named '{name}' in the store; run `toolkit tag SOURCE` first")
             col = client.get_or_create_collection(name=name, metadata=meta, embedding_function=None,
-                                                  configuration={"hnsw": dict(HNSW)})
+                                                  configuration={"hnsw": dict(hnsw or HNSW)})
         cls._check_model(col, model_id, dim)
-        return cls(col, model_id, dim)
+        path = None if settings.uses_chroma_server else settings.resolved_chroma_path.expanduser().resolve()
+        return cls(col, model_id, dim, chroma_path=path)
 
     @staticmethod
     def _check_model(col, model_id: str, dim: int) -> None:
@@ -120,17 +141,21 @@ class ChromaStore:
                           metadatas=[_clean(r.metadata) for r in chunk])
             if any(r.document is not None for r in chunk):
                 kwargs["documents"] = [r.document or "" for r in chunk]
+            before = self._index_seq() if self._index is not None else None
             self._col.upsert(**kwargs)
             self._writes += 1
             if self._index is not None:
                 self._index.upsert(kwargs["ids"], kwargs["embeddings"], kwargs["metadatas"])
+                self._advance_stamp(before, len(chunk))
 
     def delete(self, ids: Sequence[str]) -> None:
+        before = self._index_seq() if self._index is not None else None
         for start in range(0, len(ids), MAX_BATCH):
             self._col.delete(ids=list(ids[start:start + MAX_BATCH]))
         self._writes += 1
         if self._index is not None:
             self._index.delete(ids)
+            self._advance_stamp(before, len(ids))
 
     def get(self, ids: Sequence[str] | None = None, where: dict | None = None,
             include_embeddings: bool = False) -> list[Record]:
@@ -167,35 +192,109 @@ class ChromaStore:
                 for i, d, m in zip(res["ids"][0], res["distances"][0], res["metadatas"][0])]
 
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Metadata]) -> None:
+        before = self._index_seq() if self._index is not None else None
         for start in range(0, len(ids), MAX_BATCH):
             self._col.update(ids=list(ids[start:start + MAX_BATCH]),
                              metadatas=[_clean(m) for m in metadatas[start:start + MAX_BATCH]])
         self._writes += 1
         if self._index is not None:
             self._index.update_metadata(list(ids), [_clean(m) for m in metadatas])
+            self._advance_stamp(before, len(ids))
 
     def filter_index(self, total: int | None = None) -> "FilterIndex":
-        """The in-memory index for filtered queries (store/filtered.py), built now if it is
-        missing or stale, and kept current by this store's own writes afterwards."""
-        total = self.count() if total is None else total
-        index = self._current(total)
+        """The in-memory index for filtered queries (store/filtered.py): the one in memory or the
+        saved one if current, else built now (and saved); kept current by this store's own writes."""
+        self._count_cache = None
+        index = self._current(self.recent_count()) or self._load_saved()
         while index is None:
             self._build_index()
-            index = self._current(self.count())
+            self._count_cache = None
+            index = self._current(self.recent_count())
         return index
 
-    def _current(self, total: int) -> "FilterIndex | None":
-        """The index if it matches the collection: a count that differs means another process
-        wrote (a metadata edit by another process is seen only after a restart)."""
+    def warm_filter_index(self) -> None:
+        """For a long-lived process at start-up: load the saved filter index if it is current,
+        else start building it in the background (a no-op under FILTER_INDEX_MIN records)."""
+        total = self.recent_count()
+        if total >= self.filter_index_min:
+            self._ready_index(total)
+
+    # ---- the filter index's lifecycle --------------------------------------------------------------
+    # An index is current when its stamp equals the collection's: the collection id, the record
+    # count and, for an embedded store, Chroma's write sequence number (one per record written,
+    # deleted or updated, by any process), so another process's writes, metadata edits included,
+    # make it stale. On a Chroma server there is no sequence number: the count alone tells, so a
+    # metadata edit by another client is seen after a restart, and nothing is saved.
+
+    def _index_seq(self) -> int | None:
+        """Chroma's last applied write sequence number for this collection (embedded stores)."""
+        if self._sqlite is None:
+            return None
+        try:
+            con = sqlite3.connect(f"file:{self._sqlite}?mode=ro", uri=True, timeout=5)
+            try:
+                row = con.execute("SELECT MAX(m.seq_id) FROM max_seq_id m JOIN segments s ON s.id = m.segment_id "
+                                  "WHERE s.collection = ?", (str(self._col.id),)).fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:  # another Chroma layout: fall back to the count, and save nothing
+            self._sqlite = None
+            return None
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _stamp(self, total: int, seq: int | None) -> dict:
+        return {"collection": str(self._col.id), "count": total, "seq": seq}
+
+    def _advance_stamp(self, before: int | None, ops: int) -> None:
+        """After this store's own write of `ops` records: the in-memory index saw the write, so
+        it stays current, unless the sequence moved by more: another process wrote meanwhile, or
+        (the numbers are shared by a store's collections) wrote another collection; either way
+        the index is then treated as stale and rebuilt, which is safe."""
         index = self._index
-        return index if index is not None and len(index) == total else None
+        if index is None or index.stamp is None:
+            return
+        after = self._index_seq()
+        self._count_cache = None
+        if after is None:  # a Chroma server: the count alone tells
+            return
+        fresh = index.stamp.get("seq") == before and after == before + ops
+        index.stamp = self._stamp(len(index), after) if fresh else None
+
+    def _current(self, total: int) -> "FilterIndex | None":
+        """The in-memory index if it matches the collection now."""
+        index = self._index
+        if index is None or len(index) != total:
+            return None
+        if self._sqlite is not None:
+            seq = self._recent_seq()
+            if index.stamp is None or index.stamp.get("seq") != seq or seq is None:
+                return None
+        return index
+
+    def _load_saved(self) -> "FilterIndex | None":
+        """The index saved beside the store (by any process), if it is current."""
+        if self.index_dir is None or self._sqlite is None:
+            return None
+        from store.filtered import FilterIndex, saved_stamp
+
+        want = self._stamp(self.recent_count(), self._recent_seq())  # at most COUNT_TTL old, like queries
+        if saved_stamp(self.index_dir) != want:  # a small file: cheap enough to check on every miss
+            return None
+        index = FilterIndex.load(self.index_dir)
+        if index is None or index.dim != self.dim or index.stamp != want or len(index) != want["count"]:
+            return None
+        self._index = index
+        return index
 
     def _ready_index(self, total: int) -> "FilterIndex | None":
-        """The index if it is ready; otherwise start building it in the background and return
-        None, so this query goes to Chroma: a one-shot CLI search never waits for a build
-        (tens of seconds at 1M records), a long-lived server gets the index after warm-up."""
+        """The index if it is ready (in memory, or saved and current); otherwise, in a process that
+        builds indexes, start building it in the background and return None, so this query goes
+        to Chroma: a query never waits for a build (tens of seconds at 1M records)."""
         index = self._current(total)
-        if index is None:
+        building = self._building is not None and self._building.is_alive()
+        if index is None and not building:
+            index = self._load_saved()
+        if index is None and self.build_filter_index and not building:
             with self._index_lock:
                 if self._building is None or not self._building.is_alive():
                     self._building = threading.Thread(target=self._build_index, daemon=True,
@@ -207,9 +306,17 @@ class ChromaStore:
         from store.filtered import build
 
         writes = self._writes
-        index = build(self._iter_records(), self.dim, capacity=max(self.count(), 1024))
-        if writes == self._writes:  # else a write raced the build: the next query starts another
-            self._index = index
+        seq, total = self._index_seq(), self.count()  # read before the records: a write during the scan makes it stale
+        index = build(self._iter_records(), self.dim, capacity=max(total, 1024))
+        if writes != self._writes:  # a write raced the build: the next query starts another
+            return
+        index.stamp = self._stamp(total, seq) if len(index) == total else None
+        self._index = index
+        if self.index_dir is not None and seq is not None and index.stamp is not None:
+            try:
+                index.save(self.index_dir)
+            except OSError:
+                pass  # a read-only folder: this process still has it in memory
 
     def _iter_records(self, batch: int = MAX_BATCH) -> Iterator[Record]:
         offset = 0
@@ -241,10 +348,17 @@ class ChromaStore:
 
     def recent_count(self) -> int:
         """count(), at most COUNT_TTL seconds old (exact after this store's own writes)."""
+        return self._recent()[2]
+
+    def _recent_seq(self) -> int | None:
+        return self._recent()[3]
+
+    def _recent(self) -> tuple[float, int, int, int | None]:
         now, cached = time.monotonic(), self._count_cache
         if cached is None or cached[1] != self._writes or now - cached[0] > COUNT_TTL:
-            cached = self._count_cache = (now, self._writes, self.count())
-        return cached[2]
+            seq = self._index_seq()  # before the count: a write in between reads as stale, never as current
+            cached = self._count_cache = (now, self._writes, self.count(), seq)
+        return cached
 
 
 def _clean(meta: Metadata) -> Metadata:

@@ -12,10 +12,18 @@ contiguous vectors takes a few ms where gathering them from a million takes 20-3
 
 Filters it cannot evaluate (operators or fields it does not index) return None, and the
 caller uses Chroma's own `where`: never a wrong answer, at worst Chroma's speed.
+
+An index can be saved to a folder and loaded back memory-mapped (FilterIndex.save / load), so
+a new process need not read every record back from Chroma; store.chroma.ChromaStore decides
+when a saved index is current (its stamp) and keeps it beside an embedded store.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import threading
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -32,6 +40,8 @@ _MISSING = -1
 #: A value worth its own partition matches at most this share of the records (a broader
 #: one is nearly a full scan anyway, and its copy would double the memory).
 PARTITION_MAX_SHARE = 0.5
+#: On-disk layout version (FilterIndex.save / load): a saved index of another version is rebuilt.
+FORMAT = 1
 
 
 def indexed(key: str) -> bool:
@@ -70,12 +80,16 @@ class FilterIndex:
         self.vecs = np.zeros((capacity, dim), np.float32)
         self.alive = np.zeros(capacity, bool)
         self.ids: list[str | None] = []
-        self.row_of: dict[str, int] = {}
+        self._row_of: dict[str, int] | None = {}  # None: not built yet (a loaded index builds it on a write)
+        self._alive_count = 0
         self.columns: dict[str, Column] = {}
         self.tokens: dict[str, np.ndarray] = {}  # tag token -> bool column
-        self.row_tokens: dict[int, tuple[str, ...]] = {}
+        self._row_tokens: dict[int, tuple[str, ...]] | None = {}
         self._partitions: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.RLock()
+        #: What the collection looked like when this index matched it (set by the store; see
+        #: store.chroma.ChromaStore._stamp): saved with the index, compared on load.
+        self.stamp: dict | None = None
 
     # ---- writes ----------------------------------------------------------------------------------
 
@@ -84,7 +98,24 @@ class FilterIndex:
         return len(self.alive)
 
     def __len__(self) -> int:
-        return len(self.row_of)
+        return self._alive_count
+
+    @property
+    def row_of(self) -> dict[str, int]:
+        if self._row_of is None:
+            self._row_of = {i: r for r, i in enumerate(self.ids) if i is not None}
+        return self._row_of
+
+    @property
+    def row_tokens(self) -> dict[int, tuple[str, ...]]:
+        """Each row's tags, for replacing them on a write (built from the token columns on first need)."""
+        if self._row_tokens is None:
+            lists: dict[int, list[str]] = {}
+            for token, mask in self.tokens.items():
+                for row in np.flatnonzero(mask).tolist():
+                    lists.setdefault(row, []).append(token)
+            self._row_tokens = {r: tuple(t) for r, t in lists.items()}
+        return self._row_tokens
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
@@ -102,11 +133,13 @@ class FilterIndex:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.where(norms > 0, norms, 1.0)  # cosine, as the collection measures it
         with self._lock:
-            new = [i for i in dict.fromkeys(ids) if i not in self.row_of]
+            row_of = self.row_of
+            new = [i for i in dict.fromkeys(ids) if i not in row_of]
             self._grow(len(self.ids) + len(new))
             for rid in new:
-                self.row_of[rid] = len(self.ids)
+                row_of[rid] = len(self.ids)
                 self.ids.append(rid)
+            self._alive_count += len(new)
             rows = np.fromiter((self.row_of[i] for i in ids), np.int64, len(ids))
             self.vecs[rows] = vectors
             self.alive[rows] = True
@@ -128,6 +161,7 @@ class FilterIndex:
             for rid in ids:
                 row = self.row_of.pop(rid, None)
                 if row is not None:
+                    self._alive_count -= 1
                     self.alive[row] = False
                     self.ids[row] = None
                     self._set_tokens(row, [])
@@ -150,16 +184,17 @@ class FilterIndex:
         return self.columns[key]
 
     def _set_tokens(self, row: int, tokens: list[str]) -> None:
-        for token in self.row_tokens.get(row, ()):  # only the row's old tokens: scanning all is O(tokens)
+        row_tokens = self.row_tokens
+        for token in row_tokens.get(row, ()):  # only the row's old tokens: scanning all is O(tokens)
             self.tokens[token][row] = False
         for token in tokens:
             if token not in self.tokens:
                 self.tokens[token] = np.zeros(self.capacity, bool)
             self.tokens[token][row] = True
         if tokens:
-            self.row_tokens[row] = tuple(tokens)
+            row_tokens[row] = tuple(tokens)
         else:
-            self.row_tokens.pop(row, None)
+            row_tokens.pop(row, None)
 
     # ---- filters -----------------------------------------------------------------------------------
 
@@ -226,7 +261,9 @@ class FilterIndex:
             rows, vecs = self._candidates(where, mask)
             q = np.asarray(vector, np.float32)
             q = q / (np.linalg.norm(q) or 1.0)
-            scores = vecs @ q
+            # einsum, not `vecs @ q`: OpenBLAS splits a matrix-vector product over threads, which on
+            # a busy 2-core machine took 8 ms for 5,000 rows where one thread takes 0.1-0.2 ms.
+            scores = np.einsum("ij,j->i", vecs, q)
             return self._top(rows, scores, k)
 
     def _candidates(self, where: dict, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +283,7 @@ class FilterIndex:
         best = None
         for key in self._partition_keys(where):
             mask = self._key_mask(key)
-            n = int(mask.sum()) if mask is not None else 0
+            n = int(np.count_nonzero(mask)) if mask is not None else 0
             if 0 < n <= PARTITION_MAX_SHARE * max(len(self), 1) and (best is None or n < best[1]):
                 best = (key, n)
         if best is None:
@@ -281,6 +318,80 @@ class FilterIndex:
             rows, scores = rows[pick], scores[pick]
         order = np.argsort(-scores, kind="stable")
         return [(self.ids[int(rows[i])], float(scores[i])) for i in order]
+
+    # ---- persistence -------------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> None:
+        """Write the index under `folder` (replacing what is there), so another process can load
+        it in well under a second instead of reading every record back from Chroma."""
+        folder = Path(folder)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with self._lock:
+            n = len(self.ids)
+            np.save(tmp / "vecs.npy", self.vecs[:n])
+            np.save(tmp / "alive.npy", self.alive[:n])
+            np.save(tmp / "ids.npy", np.array([i if i is not None else "" for i in self.ids], dtype=str)
+                    if n else np.zeros(0, "<U1"))
+            tokens = list(self.tokens)
+            np.save(tmp / "tokens.npy", np.stack([self.tokens[t][:n] for t in tokens]) if tokens
+                    else np.zeros((0, n), bool))
+            columns = {}
+            for c, (key, col) in enumerate(self.columns.items()):
+                np.save(tmp / f"column{c}.npy", col.values[:n])
+                columns[key] = {"file": f"column{c}.npy", "numeric": col.numeric,
+                                "codes": [[v, code] for v, code in col.codes.items()]}
+            meta = {"format": FORMAT, "dim": self.dim, "rows": n, "alive": self._alive_count,
+                    "stamp": self.stamp, "tokens": tokens, "columns": columns}
+        (tmp / "stamp.json").write_text(json.dumps(self.stamp))
+        (tmp / "index.json").write_text(json.dumps(meta))  # written last: a folder without it is incomplete
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{threading.get_ident()}")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+    @classmethod
+    def load(cls, folder: Path) -> "FilterIndex | None":
+        """A saved index, or None when there is none (or it is incomplete or of another format).
+        Arrays are memory-mapped copy-on-write: loading a million records takes a fraction of a
+        second, pages are read as queries touch them, and writes stay private to this process."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "index.json").read_text())
+            if meta.get("format") != FORMAT:
+                return None
+            index = cls(meta["dim"], 0)
+            index.vecs = np.load(folder / "vecs.npy", mmap_mode="c")
+            index.alive = np.load(folder / "alive.npy")
+            index.ids = [i or None for i in np.load(folder / "ids.npy").tolist()]
+            tokens = np.load(folder / "tokens.npy", mmap_mode="c")
+            for key, spec in meta["columns"].items():
+                col = Column(spec["numeric"], 0)
+                col.values = np.load(folder / spec["file"])
+                col.codes = {v: code for v, code in spec["codes"]}
+                index.columns[key] = col
+        except (OSError, ValueError, KeyError):
+            return None
+        index.tokens = {t: tokens[n] for n, t in enumerate(meta["tokens"])}
+        index._row_of = None
+        index._row_tokens = None
+        index._alive_count = int(meta["alive"])
+        index.stamp = meta.get("stamp")
+        if len(index.vecs) != meta["rows"] or len(index.ids) != meta["rows"]:
+            return None
+        return index
+
+
+def saved_stamp(folder: Path) -> dict | None:
+    """The stamp of the index saved under `folder`, without loading it (None: nothing saved)."""
+    try:
+        if not (Path(folder) / "index.json").is_file():
+            return None
+        return json.loads((Path(folder) / "stamp.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def build(records: Iterable[Record], dim: int, capacity: int = 1024) -> FilterIndex:

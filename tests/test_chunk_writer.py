@@ -42,3 +42,29 @@ def test_a_write_error_reaches_the_submitter_and_stops_later_writes():
         writer.close()
     writer.close()  # raised once only; closing again is quiet
     assert written == [0]
+
+
+def test_grouped_writes_gather_jobs_up_to_a_batch_and_flush_the_rest_on_close():
+    groups = []
+    writer = ChunkWriter(write_many=lambda jobs: groups.append(list(jobs)), prepare=lambda job: job * 10,
+                         size=lambda job: 1, batch=3, max_wait=60)
+    for i in range(7):
+        writer.submit(i)
+    writer.close()
+    assert groups == [[0, 10, 20], [30, 40, 50], [60]]
+
+
+def test_grouped_writes_do_not_wait_longer_than_max_wait():
+    written = threading.Event()
+    writer = ChunkWriter(write_many=lambda jobs: written.set(), size=lambda job: 1, batch=100, max_wait=0.05)
+    writer.submit("only")
+    assert written.wait(5), "a lone job is written once it has waited max_wait"
+    writer.close()
+
+
+def test_grouped_jobs_of_size_zero_are_written_at_once():
+    written = threading.Event()
+    writer = ChunkWriter(write_many=lambda jobs: written.set(), size=lambda job: 0, batch=100, max_wait=60)
+    writer.submit("nothing to store")
+    assert written.wait(5)
+    writer.close()

@@ -75,6 +75,24 @@ def test_s3_errors_are_one_line_with_what_to_do(s3, s3_server):
         list(conn.list("s3:///nobucket"))
 
 
+def test_s3_reads_take_the_signed_get_and_match_boto3(s3, s3_server):
+    """Keys that need escaping, and a missing key: the signed GET reads what boto3 reads, and a
+    failure it cannot serve goes to boto3 (its error message) without turning the path off."""
+    from toolkit.models import MediaRef
+
+    s3.create_bucket(Bucket="signed")
+    keys = ["plain.jpg", "with space/and+plus.jpg", "ünïcode/%25 ~tilde.jpg", "a=b&c.jpg"]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket="signed", Key=key, Body=bytes([i]) * (1000 + i))
+    conn = S3Connector(endpoint_url=s3_server)
+    refs = list(conn.list("s3://signed/"))
+    assert sorted(r.key for r in refs) == sorted(keys)
+    assert [conn.read(r) for r in refs] == [S3Connector(endpoint_url=s3_server, fast_get=False).read(r) for r in refs]
+    with pytest.raises(MediaError, match="NoSuchKey"):
+        conn.read(MediaRef(uri="s3://signed/missing.jpg", key="missing.jpg"))
+    assert conn._fast is not None and conn._fast._misses == 0 and conn._fast_on
+
+
 def test_unreachable_endpoint_names_the_setting():
     from toolkit.settings import Settings
     from toolkit import registry

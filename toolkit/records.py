@@ -31,8 +31,16 @@ def record_id(uri: str, sha256: str, frame: int | None) -> str:
 
 
 def tag_to_dict(tag: Tag) -> dict[str, Any]:
-    d = {k: v for k, v in asdict(tag).items() if v is not None}
-    d["confidence"] = round(float(tag.confidence), 4)
+    """The tag's fields in their declared order, without the unset ones (written out by hand:
+    `dataclasses.asdict` deep-copies, and was half the cost of building a record)."""
+    d: dict[str, Any] = {"group": tag.group, "label": tag.label, "confidence": round(float(tag.confidence), 4),
+                         "provider": tag.provider}
+    if tag.start is not None:
+        d["start"] = tag.start
+    if tag.end is not None:
+        d["end"] = tag.end
+    if tag.box is not None:
+        d["box"] = asdict(tag.box)
     return d
 
 

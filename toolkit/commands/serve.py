@@ -23,6 +23,7 @@ def serve(
     # Open the store and load the text model now: a wrong setting fails here, not on the
     # first visitor's query, and the first query is as fast as the rest.
     typer.echo(f"loading {tk.store.count()} records and the model…", err=True)
+    tk.store.warm_filter_index()  # saved and current: loaded now; else built in the background
     tk.embedder.embed_texts(["warm up"])
     typer.echo(f"serving on http://{host}:{port} (API docs at /docs)", err=True)
     uvicorn.run(create_app(tk), host=host, port=port, log_level="warning")

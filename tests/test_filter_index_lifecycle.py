@@ -1,0 +1,179 @@
+"""The filter index's lifecycle: saved beside an embedded store, loaded by a new process when it
+is current, detected as stale after another writer's adds or metadata edits, and never built by
+a process that says it is one-shot."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store.base import Record
+from store.chroma import ChromaStore
+from store.filtered import FilterIndex, saved_stamp
+from tests.test_filtered_search import DIM, exact, make_records, queries
+from toolkit.filters import to_chroma_where
+
+WHERE = to_chroma_where(["article_type=type3"])
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def records():
+    return make_records(1500, seed=3)
+
+
+def open_fresh(settings, name: str, *, build: bool = True) -> ChromaStore:
+    """Another handle on the collection, as a new process would have: no index in memory."""
+    store = ChromaStore.open(settings, name, model_id="synthetic", dim=DIM)
+    store.filter_index_min = 0
+    store.build_filter_index = build
+    return store
+
+
+@pytest.fixture
+def built(settings, records):
+    store = open_fresh(settings, "lifecycle")
+    store.upsert(records)
+    store.filter_index()  # built now, and saved
+    return store
+
+
+def ids(matches) -> list[str]:
+    return [m.id for m in matches]
+
+
+def test_a_built_index_is_saved_beside_the_store_with_its_stamp(built, settings):
+    assert built.index_dir is not None and built.index_dir.is_dir()
+    assert built.index_dir.parent.parent == settings.resolved_chroma_path.parent
+    stamp = saved_stamp(built.index_dir)
+    assert stamp["count"] == built.count() and stamp["collection"] == str(built._col.id)
+    assert stamp["seq"] == built._index_seq() > 0
+
+
+def test_saved_and_loaded_index_equals_the_built_one(built):
+    again = FilterIndex.load(built.index_dir)
+    mem = built.filter_index()
+    assert len(again) == len(mem) and again.ids == mem.ids and set(again.tokens) == set(mem.tokens)
+    for filters in (["article_type=type3"], ["colour=red", "kind=image"], ["price<40"], ["attr.brand=B1"]):
+        where = to_chroma_where(filters)
+        assert np.array_equal(again.mask(where), mem.mask(where))
+        for q in queries(3):
+            assert again.query(q, 10, where) == mem.query(q, 10, where)
+
+
+def test_a_new_handle_uses_the_saved_index_without_building(built, settings, records):
+    fresh = open_fresh(settings, "lifecycle", build=False)
+    for q in queries(5):
+        assert ids(fresh.query(q, 10, where=WHERE)) == exact(records, q, 10, WHERE)
+    assert fresh._index is not None and fresh._building is None
+
+
+def test_a_new_process_loads_the_saved_index(built, settings, records):
+    q = queries(1)[0]
+    code = f"""
+import json, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import numpy as np
+from store.chroma import ChromaStore
+from toolkit.settings import load_settings
+st = ChromaStore.open(load_settings(data_dir={str(settings.data_dir)!r}), "lifecycle", model_id="synthetic", dim={DIM})
+st.filter_index_min = 0
+st.build_filter_index = False
+t = time.perf_counter()
+got = [m.id for m in st.query(np.array({q.tolist()}, np.float32), 10, where={WHERE!r})]
+print(json.dumps({{"ids": got, "loaded": st._index is not None, "s": time.perf_counter() - t}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "ANONYMIZED_TELEMETRY": "False"})
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["loaded"] and res["ids"] == exact(records, q, 10, WHERE)
+
+
+def test_another_writers_adds_make_the_saved_and_the_in_memory_index_stale(built, settings, records):
+    q = queries(1)[0]
+    other = open_fresh(settings, "lifecycle", build=False)  # another writer: its writes bypass `built`'s index
+    new = Record(id="added-elsewhere", embedding=q * 2,
+                 metadata={"kind": "image", "tags": ["article_type:type3", "colour:red"]})
+    other.upsert([new])
+    built._count_cache = None
+    assert built._current(built.recent_count()) is None                 # in memory: stale
+    fresh = open_fresh(settings, "lifecycle", build=False)
+    assert fresh._load_saved() is None                                    # on disk: stale
+    truth = exact(records + [new], q, 10, WHERE)
+    assert truth[0] == "added-elsewhere"
+    assert ids(fresh.query(q, 10, where=WHERE)) == truth                  # answered by Chroma
+    assert fresh._index is None and fresh._building is None               # and nothing built
+    assert ids(built.query(q, 10, where=WHERE)) == truth                 # Chroma, while it rebuilds
+    built._building.join(60)
+    assert built.filter_index().stamp["seq"] == built._index_seq()
+    assert ids(built.query(q, 10, where=WHERE)) == truth                 # the rebuilt index
+    assert ids(open_fresh(settings, "lifecycle", build=False).query(q, 10, where=WHERE)) == truth  # re-saved
+
+
+def test_another_writers_metadata_edit_makes_the_index_stale(built, settings, records):
+    q = queries(1)[0]
+    top = ids(built.query(q, 10, where=WHERE))[0]
+    other = open_fresh(settings, "lifecycle", build=False)
+    other.update_metadata([top], [{"tags": ["article_type:type4"]}])     # same count, different filter result
+    fresh = open_fresh(settings, "lifecycle", build=False)
+    assert top not in ids(fresh.query(q, 10, where=WHERE))
+    built._count_cache = None
+    assert top not in ids(built.query(q, 10, where=WHERE))
+
+
+def test_own_writes_keep_the_index_current_without_a_rebuild(built, records):
+    q = queries(1)[0]
+    index = built.filter_index()
+    built.upsert([Record(id="mine", embedding=q, metadata={"kind": "image", "tags": ["article_type:type3"]})])
+    built.update_metadata(["r1"], [{"kind": "video"}])
+    built.delete(["r2"])
+    assert built._current(built.recent_count()) is index                 # same object, stamp advanced
+    assert ids(built.query(q, 1, where=WHERE)) == ["mine"]
+
+
+def test_a_one_shot_process_never_starts_a_build(settings, records):
+    store = open_fresh(settings, "one-shot", build=False)
+    store.upsert(records)
+    q = queries(1)[0]
+    assert ids(store.query(q, 10, where=WHERE)) == exact(records, q, 10, WHERE)
+    assert store._building is None and store._index is None
+    assert saved_stamp(store.index_dir) is None
+
+
+def test_a_server_store_keeps_its_index_in_memory_only(settings, records, chroma_server):
+    from toolkit.settings import load_settings
+
+    served = load_settings(data_dir=settings.data_dir, chroma_host=chroma_server["host"],
+                           chroma_port=chroma_server["port"])
+    store = open_fresh(served, "lifecycle-served")
+    store.upsert(records)
+    q = queries(1)[0]
+    assert ids(store.filter_index() and store.query(q, 10, where=WHERE)) == exact(records, q, 10, WHERE)
+    assert store.index_dir is None
+
+
+def test_a_loaded_index_takes_writes_like_the_one_it_was_saved_from(tmp_path, records):
+    from store.filtered import build
+
+    mem = build(records, DIM)
+    mem.delete(["r5", "r6"])
+    mem.save(tmp_path / "ix")
+    loaded = FilterIndex.load(tmp_path / "ix")
+    assert len(loaded) == len(mem) == len(records) - 2 and loaded.ids[5] is None
+    q = queries(1)[0]
+    for index in (mem, loaded):  # the same writes to both: tags replaced, a row deleted, rows added
+        index.update_metadata(["r10"], [{"tags": ["article_type:type3", "colour:red"]}])
+        index.upsert(["r11", "fresh"], np.stack([q, q]), [{"tags": ["colour:red"], "kind": "video"},
+                                                         {"tags": ["article_type:type3"], "price": 5.0}])
+        index.delete(["r12"])
+    for filters in (["article_type=type3"], ["colour=red"], ["kind=video"], ["price<10"], ["colour!=red"]):
+        where = to_chroma_where(filters)
+        n = len(mem.ids)  # capacities differ (growth doubles): compare the rows in use
+        assert np.array_equal((loaded.mask(where) & loaded.alive)[:n], (mem.mask(where) & mem.alive)[:n])
+        assert loaded.query(q, 10, where) == mem.query(q, 10, where)
+    assert len(loaded) == len(mem)
