@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ def lap(name):
     now = time.perf_counter(); laps[name] = round(now - t, 3); t = now
 import toolkit.cli; lap("import the CLI")
 from toolkit.core import Toolkit
-tk = Toolkit(); e = tk.embedder; e.model_id; e.dim; lap("model identity (hash heads)")
+tk = Toolkit(); e = tk.embedder; e.model_id; e.dim; lap("which model (store pointer, heads hash)")
 v = e.embed_texts(["red summer dress"]); lap("load text model + embed")
 s = tk.store; lap("open the store")
 from toolkit.search import search_vector
@@ -49,6 +50,8 @@ def wall(cmd: list[str], environ: dict, runs: int) -> dict:
 
 def run(runs: int = 5) -> dict:
     data = CACHE / "cold"
+    # A fresh store each time: one left by an earlier model would (rightly) refuse this one's queries.
+    shutil.rmtree(data, ignore_errors=True)
     e = env(data)
     # A small store and the one-time exports (ONNX towers, label vectors) already made, as after `toolkit tag`.
     subprocess.run([str(TOOLKIT), "tag", str(photo_folder(32)), "--tagger", "local"], env=e, check=True,

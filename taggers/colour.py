@@ -10,7 +10,6 @@ Computed on a 112 px copy: colour needs no detail, and this keeps it cheap next 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 HUE_BINS = 16
 SAT_BINS = 2
@@ -54,6 +53,8 @@ def _shrink(arr: np.ndarray) -> np.ndarray:
 
 def foreground(arr: np.ndarray) -> np.ndarray:
     """Mask of the product: everything but the near-white area touching the border."""
+    from scipy import ndimage  # here, not at import: a text search never needs scipy (0.4 s)
+
     white = (arr >= _WHITE_LEVEL).all(axis=-1)
     labels, _ = ndimage.label(white)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
@@ -103,6 +104,8 @@ def colour_features(arr: np.ndarray) -> np.ndarray:
     """Colour descriptor of one square RGB uint8 picture (H, W, 3): float32, length COLOUR_DIM."""
     small = _shrink(arr.astype(np.float32))
     if small.shape[:2] != (_SIDE, _SIDE):
+        from scipy import ndimage
+
         small = np.asarray(ndimage.zoom(small, (_SIDE / small.shape[0], _SIDE / small.shape[1], 1), order=1))
     fg = foreground(small)
     px = small[fg] / 255.0
