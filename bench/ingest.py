@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import CACHE, ROOT, cpu_peak_gflops, photo_folder, photo_paths, say, summary  # noqa: E402
+from common import CACHE, ROOT, cpu_peak_gflops, photo_folder, photo_paths, say  # noqa: E402
 
 #: EfficientNet-Lite0 at 224 px: 0.407 G multiply-adds (its paper's "FLOPs"), 2 operations each.
 BACKBONE_GFLOP_PER_IMAGE = 0.814

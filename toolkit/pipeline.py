@@ -24,11 +24,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from toolkit.catalog import ProductIndex
+from toolkit.embedding import embed_media
 from toolkit.errors import MediaError
 from toolkit.freshness import Existing, Freshness
 from toolkit.media import decode
@@ -39,7 +38,7 @@ from toolkit.settings import Settings
 if TYPE_CHECKING:
     from connectors.base import Connector
     from store.chroma import ChromaStore
-    from taggers.base import Embedder, Tagger
+    from taggers.base import Embedder
     from toolkit.tagging import TaggerPlan
 
 #: Callback for progress: (ref, status, reason). status is new/updated/unchanged/skipped/failed.
@@ -265,7 +264,7 @@ class Pipeline:
         if self._first_chunk:
             cloud.result()
             self._first_chunk = False
-        self._embed([it.media for it in ready])
+        embed_media(self.embedder, [it.media for it in ready], self.settings.batch_size)
         results = self._tag(ready, report, True)
         for uri, by_tagger in cloud.result().items():
             results.setdefault(uri, {}).update(by_tagger)
@@ -310,17 +309,6 @@ class Pipeline:
                      report: RunReport) -> None:
         """Store one chunk at once."""
         self._write_chunks([self._prepare_chunk(items, results, report)])
-
-    def _embed(self, medias: list[Media]) -> None:
-        frames = [f.image for m in medias for f in m.frames]
-        if not frames:
-            return
-        bs = self.settings.batch_size
-        vecs = np.concatenate([self.embedder.embed_images(frames[i:i + bs]) for i in range(0, len(frames), bs)])
-        pos = 0
-        for m in medias:
-            m.embeddings = vecs[pos:pos + len(m.frames)]
-            pos += len(m.frames)
 
     def _tag(self, ready: list[WorkItem], report: RunReport, after_embedding: bool) -> dict[str, dict[str, object]]:
         """uri -> tagger name -> TagResult, from the taggers that run before or after embedding.

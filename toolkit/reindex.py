@@ -26,6 +26,7 @@ from store import collections as colls
 from store.base import Record
 from toolkit import registry
 from toolkit.catalog import _product_text, product_from_meta
+from toolkit.embedding import embed_media
 from toolkit.errors import StoreError
 from toolkit.media import decode
 from toolkit.models import ItemFailure, Media, MediaRef, Tag
@@ -163,7 +164,7 @@ class Reindexer:
                 it.status = "done"
         list(pool.map(self._read, [it for it in items if it.status == "embedded"]))
         ready = [it for it in items if it.status == "embedded"]
-        self._embed([it.media for it in ready])
+        embed_media(self.embedder, [it.media for it in ready], self.settings.batch_size)
         local = self._local_tags([it for it in ready if LOCAL in it.meta.get("providers", [])])
         records, stale, product_fixes = [], [], []
         for it in items:
@@ -208,16 +209,6 @@ class Reindexer:
         if scheme not in self._connectors:
             self._connectors[scheme] = registry.connector_for(uri, self.settings)
         return self._connectors[scheme]
-
-    def _embed(self, medias: list[Media]) -> None:
-        frames = [f.image for m in medias for f in m.frames]
-        if not frames:
-            return
-        bs = self.settings.batch_size
-        vecs = np.concatenate([self.embedder.embed_images(frames[i:i + bs]) for i in range(0, len(frames), bs)])
-        pos = 0
-        for m in medias:
-            m.embeddings, pos = vecs[pos:pos + len(m.frames)], pos + len(m.frames)
 
     def _local_tags(self, items: list[_Item]) -> dict[str, object]:
         if not items:

@@ -5,9 +5,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from toolkit.commands.output import err, print_json
+from toolkit.commands.output import err, item_progress, print_json
 from toolkit.core import Toolkit
 
 if TYPE_CHECKING:
@@ -48,21 +47,9 @@ def reindex(
 
 
 def _run_with_progress(tk: Toolkit, model, heads, precision, clip_model, skip_missing) -> "ReindexReport":
-    counts = {"embedded": 0, "done": 0, "missing": 0}
-    with Progress(SpinnerColumn(), TextColumn("[bold]re-indexing[/]"), BarColumn(bar_width=None),
-                  TextColumn("{task.completed}/{task.total}"), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("", total=None)
-
-        def on_item(ref, status, reason):
-            counts[status] += 1
-            bar.update(task, advance=1, description=" ".join(f"{k} {v}" for k, v in counts.items() if v))
-            if status == "missing" and not err.is_terminal:
-                err.print(f"missing: {reason}", highlight=False, soft_wrap=True)
-
+    with item_progress("re-indexing", ["embedded", "done", "missing"], announce={"missing"}) as (on_item, on_listed):
         return tk.reindex(model, heads_path=heads, precision=precision, clip_model=clip_model,
-                          skip_missing=skip_missing, on_item=on_item,
-                          on_listed=lambda n: bar.update(task, total=n))
+                          skip_missing=skip_missing, on_item=on_item, on_listed=on_listed)
 
 
 def _jsonable(r: "ReindexReport") -> dict:

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from toolkit.commands.output import err, out, print_json
+from toolkit.commands.output import err, item_progress, out, print_json
 from toolkit.core import Toolkit
 from toolkit.models import RunReport
 
@@ -31,21 +30,8 @@ def tag(
 
 
 def _run_with_progress(tk: Toolkit, source: str, tagger: str) -> RunReport:
-    counts = {"new": 0, "updated": 0, "unchanged": 0, "skipped": 0, "failed": 0}
-    with Progress(SpinnerColumn(), TextColumn("[bold]tagging[/]"), BarColumn(bar_width=None),
-                  TextColumn("{task.completed}/{task.total} listed"), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("", total=None)
-
-        def on_item(ref, status, reason):
-            counts[status] += 1
-            bar.update(task, advance=1, description=" ".join(f"{k} {v}" for k, v in counts.items() if v))
-            if status in ("skipped", "failed") and not err.is_terminal:
-                err.print(f"{status}: {reason}", highlight=False, soft_wrap=True)
-
-        def on_listed(n):
-            bar.update(task, total=n)
-
+    with item_progress("tagging", ["new", "updated", "unchanged", "skipped", "failed"],
+                       announce={"skipped", "failed"}, listed="listed") as (on_item, on_listed):
         return tk.tag(source, tagger=tagger, on_item=on_item, on_listed=on_listed)
 
 
