@@ -125,8 +125,8 @@ class ChromaStore:
         if built_by != model_id or (built_dim is not None and int(built_dim) != dim):
             raise ModelMismatchError(
                 f"collection '{col.name}' was built by model {built_by} (dim {built_dim}), "
-                f"but the model in use is {model_id} (dim {dim}); set TOOLKIT_COLLECTION to a new name "
-                f"and run `toolkit tag` again, or switch TOOLKIT_MODEL back to the one that built it")
+                f"but the model in use is {model_id} (dim {dim}); run `toolkit reindex --model NAME` to "
+                f"rebuild it with the model in use, or switch TOOLKIT_MODEL back to the one that built it")
 
     def upsert(self, records: Sequence[Record]) -> None:
         for start in range(0, len(records), MAX_BATCH):

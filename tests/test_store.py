@@ -47,7 +47,7 @@ def test_upsert_query_filter_delete(store_settings, request):
 def test_collection_refuses_another_model(store_settings, request):
     name = f"mismatch-{request.node.callspec.id}"
     ChromaStore.open(store_settings, name, model_id="offline-v1", dim=3)
-    with pytest.raises(ModelMismatchError, match="built by model offline-v1.*TOOLKIT_COLLECTION"):
+    with pytest.raises(ModelMismatchError, match="built by model offline-v1.*toolkit reindex --model NAME"):
         ChromaStore.open(store_settings, name, model_id="clip-vit-b32", dim=512)
     st = ChromaStore.open(store_settings, name, model_id="offline-v1", dim=3)
     with pytest.raises(ModelMismatchError, match="4-d vector"):
