@@ -16,7 +16,7 @@ def test_jobs_are_written_in_order_and_all_before_close_returns():
         gate.wait(5)  # the writer is slower than the submitter
         written.append(job)
 
-    writer = ChunkWriter(write, depth=2)
+    writer = ChunkWriter(lambda jobs: [write(j) for j in jobs], depth=2)
     submitter = threading.Thread(target=lambda: [writer.submit(i) for i in range(6)])
     submitter.start()
     submitter.join(0.3)
@@ -35,7 +35,7 @@ def test_a_write_error_reaches_the_submitter_and_stops_later_writes():
             raise OSError("disk full")
         written.append(job)
 
-    writer = ChunkWriter(write)
+    writer = ChunkWriter(lambda jobs: [write(j) for j in jobs])
     with pytest.raises(OSError, match="disk full"):  # on a later submit, or at the latest on close
         for i in range(4):
             writer.submit(i)

@@ -62,29 +62,23 @@ def batched(it: Iterable, n: int) -> Iterator[list]:
 
 
 class ChunkWriter:
-    """Runs `write(job)` for each submitted job on one thread, in submission order.
+    """Writes submitted jobs on one thread, in submission order, several to a `write_many` call.
 
     The queue is bounded, so the model can run at most `depth` chunks ahead of the store
     and memory stays flat. The first error stops further writes and is re-raised to the
     submitting thread on its next `submit` or on `close`.
 
-    With `write_many`, jobs are grouped: each is passed through `prepare` as soon as it
-    arrives, and the prepared jobs are written together once they hold `batch` units (by
-    `size`; jobs of size 0 alone go at once), once the oldest has waited `max_wait` seconds,
-    or on close. Chroma's embedded
+    Each job is passed through `prepare` as soon as it arrives, and the prepared jobs are
+    written together once they hold `batch` units (by `size`; jobs of size 0 alone go at
+    once), once the oldest has waited `max_wait` seconds, or on close. Chroma's embedded
     write costs a fixed ~30 ms of CPU a call plus ~0.7 ms a record: 256 records a call
     instead of 64 cut its CPU time by about 40% (bench/ingest.py).
     """
 
-    def __init__(self, write: Callable[[object], None] | None = None, depth: int = 2, *,
-                 write_many: Callable[[list], None] | None = None,
+    def __init__(self, write_many: Callable[[list], None], depth: int = 2, *,
                  prepare: Callable[[object], object] = lambda job: job,
                  size: Callable[[object], int] = lambda job: 1, batch: int = 1,
                  max_wait: float = 1.0) -> None:
-        if write_many is None:
-            if write is None:
-                raise TypeError("ChunkWriter needs write or write_many")
-            write_many, batch = (lambda jobs: [write(j) for j in jobs]), 1
         self._write_many, self._prepare, self._size = write_many, prepare, size
         self._batch, self._max_wait = max(1, batch), max_wait
         self._jobs: queue.Queue = queue.Queue(maxsize=depth)
@@ -304,11 +298,6 @@ class Pipeline:
         for c in chunks:
             for it in c.items:
                 self._count(it, c.report)
-
-    def _write_chunk(self, items: list[WorkItem], results: dict[str, dict[str, object]],
-                     report: RunReport) -> None:
-        """Store one chunk at once."""
-        self._write_chunks([self._prepare_chunk(items, results, report)])
 
     def _tag(self, ready: list[WorkItem], report: RunReport, after_embedding: bool) -> dict[str, dict[str, object]]:
         """uri -> tagger name -> TagResult, from the taggers that run before or after embedding.
