@@ -143,20 +143,26 @@ class LocalTagger:
             out[name] = p / p.sum(axis=1, keepdims=True)
         return out
 
-    def _tags(self, probs: dict[str, np.ndarray], row: int, start: float | None = None) -> list[Tag]:
+    @staticmethod
+    def _best(probs: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per group, each row's most likely label and its probability, for a whole batch at once."""
+        return {g: (p.argmax(axis=1), p.max(axis=1)) for g, p in probs.items()}
+
+    def _tags(self, best: dict[str, tuple[np.ndarray, np.ndarray]], row: int,
+              start: float | None = None) -> list[Tag]:
         tags = []
         for g in self.groups:
-            p = probs[g.name][row]
-            best = int(p.argmax())
-            if p[best] >= self.threshold:
-                tags.append(Tag(group=g.name, label=g.labels[best], confidence=round(float(p[best]), 4),
+            idx, top = best[g.name]
+            p = float(top[row])
+            if p >= self.threshold:
+                tags.append(Tag(group=g.name, label=g.labels[int(idx[row])], confidence=round(p, 4),
                                 provider=self.name, start=start))
         return tags
 
     def tag_embeddings(self, embs: np.ndarray) -> list[list[Tag]]:
         """Tags for each row of `embs` (L2-normalised embeddings), without Media objects."""
-        probs = self.probabilities(embs)
-        return [self._tags(probs, i) for i in range(len(np.atleast_2d(embs)))]
+        best = self._best(self.probabilities(embs))
+        return [self._tags(best, i) for i in range(len(np.atleast_2d(embs)))]
 
     # ---- the Tagger protocol ----
     def tag(self, items: Sequence[Media]) -> Iterator[TagResult]:
@@ -177,7 +183,7 @@ class LocalTagger:
             spans[i] = (start, start + len(embs))
             start += len(embs)
         probs = self.probabilities(np.concatenate(rows), rowwise=True) if rows else {}
-        best = {g: (p.argmax(axis=1), p.max(axis=1)) for g, p in probs.items()}
+        best = self._best(probs)
         for i, media in enumerate(items):
             if i in errors:
                 yield TagResult(ref=media.ref, provider=self.name, error=errors[i])
@@ -190,29 +196,14 @@ class LocalTagger:
         n = hi - lo
         if media.kind == "video" or n > 1:
             stamps = [f.timestamp for f in media.frames] if len(media.frames) == n else [None] * n
-            result.frame_tags = {i: self._best_tags(best, lo + i, start=stamps[i]) for i in range(n)}
+            result.frame_tags = {i: self._tags(best, lo + i, start=stamps[i]) for i in range(n)}
         if n == 1:  # the mean of one row is the row
-            result.tags = self._best_tags(best, lo)
+            result.tags = self._tags(best, lo)
         else:
             # The media as a whole: its frames' probabilities averaged, so one odd frame cannot decide.
             mean = {g: p[lo:hi].mean(axis=0, keepdims=True) for g, p in probs.items()}
-            result.tags = self._tags(mean, 0)
+            result.tags = self._tags(self._best(mean), 0)
         return result
-
-    def _best_tags(self, best: dict[str, tuple[np.ndarray, np.ndarray]], row: int,
-                   start: float | None = None) -> list[Tag]:
-        """_tags for one row, from each group's argmax and max taken over the whole batch."""
-        tags = []
-        for g in self.groups:
-            idx, top = best[g.name]
-            p = float(top[row])
-            if p >= self.threshold:
-                tags.append(Tag(group=g.name, label=g.labels[int(idx[row])], confidence=round(p, 4),
-                                provider=self.name, start=start))
-        return tags
-
-    def _tag_one(self, media: Media) -> TagResult:
-        return next(iter(self.tag([media])))
 
     def _frame_embeddings(self, media: Media) -> np.ndarray:
         if media.embeddings is not None and len(media.embeddings):
