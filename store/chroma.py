@@ -9,6 +9,7 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -211,6 +212,36 @@ class ChromaStore:
             self._count_cache = None
             index = self._current(self.recent_count())
         return index
+
+    @contextmanager
+    def keeping_saved_index(self) -> Iterator[None]:
+        """Around a run of writes (a tag or reindex run): if a current filter index is saved
+        beside the store, load it first so the writes keep it current, and save it back after;
+        otherwise the run would leave it stale, and filtered searches would fall back to
+        Chroma's scan (357 ms at 1M records) until a rebuild (133 s at 1M)."""
+        kept = self._index is not None or (self.index_dir is not None and self.index_dir.is_dir()
+                                           and self._load_saved() is not None)
+        try:
+            yield
+        finally:
+            if kept:
+                self.save_filter_index()
+
+    def save_filter_index(self) -> bool:
+        """Save the in-memory filter index beside the store if it matches the collection now."""
+        self._count_cache = None
+        index = self._current(self.recent_count())
+        if index is None or self.index_dir is None or index.stamp is None:
+            return False
+        from store.filtered import saved_stamp
+
+        if saved_stamp(self.index_dir) == index.stamp:
+            return True  # nothing written since it was loaded or last saved
+        try:
+            index.save(self.index_dir)
+        except OSError:
+            return False  # a read-only folder: this process still has it in memory
+        return True
 
     def warm_filter_index(self) -> None:
         """For a long-lived process at start-up: load the saved filter index if it is current,

@@ -177,3 +177,49 @@ def test_a_loaded_index_takes_writes_like_the_one_it_was_saved_from(tmp_path, re
         assert np.array_equal((loaded.mask(where) & loaded.alive)[:n], (mem.mask(where) & mem.alive)[:n])
         assert loaded.query(q, 10, where) == mem.query(q, 10, where)
     assert len(loaded) == len(mem)
+
+
+def test_a_run_of_writes_keeps_the_saved_index_current(built, settings, records):
+    q = queries(1)[0]
+    writer = open_fresh(settings, "lifecycle", build=False)  # a new process's handle, e.g. `toolkit tag`
+    new = Record(id="tagged-later", embedding=q * 2, metadata={"kind": "image", "tags": ["article_type:type3"]})
+    with writer.keeping_saved_index():
+        writer.upsert([new])
+        writer.delete(["r3"])
+    stamp = saved_stamp(writer.index_dir)
+    assert stamp == writer._stamp(writer.count(), writer._index_seq())  # saved after the writes
+    reader = open_fresh(settings, "lifecycle", build=False)
+    truth = exact([r for r in records if r.id != "r3"] + [new], q, 10, WHERE)
+    assert truth[0] == "tagged-later"
+    assert ids(reader.query(q, 10, where=WHERE)) == truth
+    assert reader._index is not None and reader._building is None  # answered by the saved index
+
+
+def test_a_run_of_writes_saves_no_index_where_none_was_saved(settings, records):
+    store = open_fresh(settings, "never-indexed", build=False)
+    with store.keeping_saved_index():
+        store.upsert(records[:50])
+    assert saved_stamp(store.index_dir) is None and store._index is None
+
+
+def test_toolkit_tag_keeps_a_saved_index_current(settings, shared_data, tmp_path):
+    from tests.helpers import ColourEmbedder, read_styles
+    from toolkit import Toolkit
+
+    rows = read_styles(shared_data)[:12]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for r in rows[:8]:
+        (folder / f"{r['id']}.jpg").write_bytes((shared_data / "images" / f"{r['id']}.jpg").read_bytes())
+    first = Toolkit(settings, embedder=ColourEmbedder())
+    first.tag(folder, tagger="local")
+    first.store.filter_index_min = 0
+    first.store.filter_index()  # built and saved, as `toolkit serve` would
+    for r in rows[8:]:
+        (folder / f"{r['id']}.jpg").write_bytes((shared_data / "images" / f"{r['id']}.jpg").read_bytes())
+    again = Toolkit(settings, embedder=ColourEmbedder())  # the next `toolkit tag`, another process
+    assert again.tag(folder, tagger="local").new == 4
+    store = again.store
+    assert saved_stamp(store.index_dir) == store._stamp(store.count(), store._index_seq())
+    reader = ChromaStore.open(settings, store.name, model_id=store.model_id, dim=store.dim)
+    assert reader._load_saved() is not None and len(reader._index) == store.count() == 12

@@ -135,7 +135,8 @@ class Toolkit:
         pipeline = Pipeline(connector=connector, embedder=self.embedder, store=self.store, plan=plan,
                             products=load_products(self.products_store), settings=self.settings,
                             on_item=on_item, on_listed=on_listed)
-        return pipeline.run(uri)
+        with self.store.keeping_saved_index():
+            return pipeline.run(uri)
 
     def plan(self, source: str | Path, tagger: str = "auto") -> "DryRunReport":
         """What `tag` would send to each tagger, and the billable units, without calling any."""
