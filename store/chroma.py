@@ -76,6 +76,13 @@ def client_for(settings: "Settings"):
     return _clients[key]
 
 
+def filter_index_dir(chroma_path: Path | None, collection_id: object) -> Path | None:
+    """Where an embedded store's collection keeps its saved filter index (None on a server)."""
+    if chroma_path is None:
+        return None
+    return chroma_path.parent / f"{chroma_path.name}-filter-index" / str(collection_id)
+
+
 def describe_location(settings: "Settings") -> str:
     if settings.uses_chroma_server:
         return f"chroma server {settings.chroma_host}:{settings.chroma_port}"
@@ -100,8 +107,7 @@ class ChromaStore:
         # Embedded stores keep a saved filter index beside Chroma's folder, one per collection id;
         # its stamp is Chroma's write sequence number, which every write by any process advances.
         self._sqlite = chroma_path / "chroma.sqlite3" if chroma_path is not None else None
-        self.index_dir = (chroma_path.parent / f"{chroma_path.name}-filter-index" / str(collection.id)
-                          if chroma_path is not None else None)
+        self.index_dir = filter_index_dir(chroma_path, collection.id)
 
     @classmethod
     def open(cls, settings: "Settings", name: str, *, model_id: str, dim: int,

@@ -157,9 +157,16 @@ def test_reindex_builds_a_new_collection_then_searches_use_only_it(tagged, setti
     assert embedded_by(models, SmallEmbedder.model_id) == before + 1
     assert queried and set(queried) == {(new, 48)}
     assert hit.product_id == f"P{photo_rows[2]['id']}" and hit.score == pytest.approx(1.0, abs=1e-4)
-    # The old collection can go: searches never read it.
+    # The old collection can go: searches never read it. Its saved filter index goes with it.
+    from store.chroma import ChromaStore
+
+    old_store = ChromaStore.open(settings, OLD, model_id=ColourEmbedder().model_id, dim=ColourEmbedder().dim)
+    old_store.filter_index_min = 0
+    old_store.filter_index()  # built and saved beside the store
+    assert old_store.index_dir.is_dir()
     tk.drop_collection(OLD)
     assert not colls.exists(settings, OLD) and not colls.exists(settings, f"{OLD}-products")
+    assert not old_store.index_dir.exists() and old_store.index_dir.parent.is_dir()
     again = Toolkit(settings).search(image=source / f"{photo_rows[2]['id']}.jpg", k=3)
     assert again[0].product_id == hit.product_id and again[0].score == pytest.approx(1.0, abs=1e-4)
     # A Toolkit given the old model refuses the new collection with the existing error.
@@ -381,3 +388,23 @@ def test_reindex_against_a_chroma_server(chroma_server, models, source, photo_ro
     assert hit.score == pytest.approx(1.0, abs=1e-4)
     assert again.use_collection("reindex-served").active
     assert Toolkit(served).embedder.model_id == ColourEmbedder.model_id
+
+
+def test_model_info_describes_the_model_of_the_collection_in_use(tmp_path):
+    """`toolkit model info` without --heads: the configured model on a fresh machine (creating no
+    store), and after a switch, the model recorded for the collection in use."""
+    env = {"TOOLKIT_DATA_DIR": str(tmp_path / "data")}
+    fresh = run("model", "info", env=env)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "model_id: offline-effnetlite0-minilm:" in fresh.stdout
+    assert not (tmp_path / "data" / "chroma").exists()
+    settings = load_settings(data_dir=tmp_path / "data")
+    from store.chroma import ChromaStore
+
+    ChromaStore.open(settings, "catalog--small", model_id="m", dim=4)
+    colls.save_record(settings, "catalog--small", model={"model": "clip", "clip_model": "/models/small-clip"},
+                      complete=True)
+    colls.point(settings, "catalog", "catalog--small")
+    switched = run("model", "info", env=env)
+    assert switched.returncode == 0, switched.stderr
+    assert switched.stdout.strip().splitlines()[0].startswith("model: clip (/models/small-clip)")

@@ -46,11 +46,30 @@ def train(
 
 @app.command()
 def info(
-    heads: Path = typer.Option(None, "--heads", help="Heads file (default: TOOLKIT_HEADS_PATH or the shipped one)."),
+    heads: Path = typer.Option(None, "--heads", help="Heads file (default: those of the collection in use, else TOOLKIT_HEADS_PATH or the shipped ones)."),
 ) -> None:
-    """Show the offline model's id, dimension and how its heads were trained."""
-    from toolkit.settings import load_settings
+    """Show the offline model's id, dimension and how its heads were trained: by default the
+    model the collection in use was built with (`toolkit reindex`), else the configured one."""
     from toolkit.training import heads_info
 
-    for key, value in heads_info(heads or load_settings().heads_path).items():
+    if heads is None:
+        settings = _model_settings()
+        if settings.model != "offline":
+            typer.echo(f"model: {settings.model} ({settings.clip_model}); heads belong to the offline model: "
+                       "pass --heads to describe a heads file")
+            return
+        heads = settings.heads_path
+    for key, value in heads_info(heads).items():
         typer.echo(f"{key}: {value}")
+
+
+def _model_settings():
+    """The settings of the model in use: the one recorded for the collection in use when the
+    store exists (an info command does not create one), else the configured one."""
+    from toolkit.core import Toolkit
+    from toolkit.settings import load_settings
+
+    settings = load_settings()
+    if not settings.uses_chroma_server and not settings.resolved_chroma_path.expanduser().is_dir():
+        return settings
+    return Toolkit(settings).model_settings
