@@ -100,6 +100,11 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
                     + (f"; {ld['method']}" if "method" in ld else ""),
                     goal(ld["vectors_per_s"]["p50"] >= 2000) + " (>= 2000 at 1M)" if ld["store"] >= 1_000_000
                     else "not measured at 1M"))
+        if ld.get("into_empty_store"):
+            e = ld["into_empty_store"]
+            out.append(("  the same inserts into an empty store (Chroma's floor here)",
+                        f"{fmt(e['vectors_per_s'])}; {e['vectors_per_cpu_s']['p50']:.0f} per CPU-second; "
+                        f"load {e['load_1min']:.2f}", ""))
         if ld.get("cpu_s_by_thread"):
             out.append(("  where the insert's CPU went (CPU-s by thread)",
                         ", ".join(f"{k} {v}" for k, v in ld["cpu_s_by_thread"].items()), ""))
@@ -177,6 +182,10 @@ def main() -> None:
         result = json.loads(path.read_text()) if path.is_file() else {}
         result.setdefault("runs", {})
         result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+        if part == "search" and "hnsw_tradeoff" not in figures and "hnsw_tradeoff" in result.get("search", {}):
+            # Not re-run without --hnsw (it takes an hour): the last comparison is kept, with its date.
+            figures["hnsw_tradeoff"] = result["search"]["hnsw_tradeoff"]
+            figures["hnsw_tradeoff_run_at"] = result["search"].get("hnsw_tradeoff_run_at", result["runs"]["search"]["at"])
         result[part] = figures
         result["runs"][part] = {**before, "load_1min_after": round(load_average(), 2)}
         RESULTS.mkdir(parents=True, exist_ok=True)
