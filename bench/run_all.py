@@ -4,6 +4,7 @@
                                                             # cached under ~/.cache/toolkit-bench; see search_scale.py)
     .venv/bin/python bench/run_all.py --scales 10000,100000 --photos 500 --memory-sizes 500,2000   # quick
     .venv/bin/python bench/run_all.py --only search         # one part; the others keep their last figures
+    .venv/bin/python bench/run_all.py --only search --real-scales 1000000   # and a 1M real-embedding store
 
 Each part records when it ran and the machine's load then: the machine is shared, so every
 goal is a ratio or a figure measured within one run of its part.
@@ -27,7 +28,8 @@ def run_part(name: str, a: argparse.Namespace) -> dict:
         return ingest.run(a.photos, tuple(int(x) for x in a.memory_sizes.split(",") if x))
     if name == "search":
         import search_scale
-        return search_scale.run(tuple(int(s) for s in a.scales.split(",")), a.queries, hnsw=a.hnsw)
+        return search_scale.run(tuple(int(s) for s in a.scales.split(",")), a.queries, hnsw=a.hnsw,
+                                real_scales=tuple(int(s) for s in a.real_scales.split(",") if s))
     if name == "cold":
         import cold_start
         return cold_start.run(a.runs)
@@ -93,6 +95,9 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
                      f"built in {s['index_build_s']} s" + (f", loaded in {s['index_load_s']} s" if "index_load_s" in s else ""),
                      goal(s["index_ms"]["p50"] <= 20 and s["index_recall"] >= 0.95) + " (<= 20 ms, recall >= 0.95 at 1M)"
                      if big else "")]
+        for n, s in (srch.get("real_scales") or {}).items():
+            out.append((f"{int(n):,} real-embedding vectors: unfiltered top-10 ms p50",
+                        f"{fmt(s['unfiltered_ms'])}, recall {s['unfiltered_recall']}; load {s['load_1min']}", ""))
         ld = srch["load"]
         out.append((f"insert into a store of {ld['store']:,} (vectors/s p50 [p25-p75])",
                     f"{fmt(ld['vectors_per_s'])}" + (f"; load {ld['load_1min']['p50']}" if "load_1min" in ld else "")
@@ -167,6 +172,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--hnsw", action="store_true",
                     help="search: also compare ef_construction 100 and 200 on 100k synthetic and real-embedding stores")
+    ap.add_argument("--real-scales", default="",
+                    help="search: also real-embedding stores of these sizes, unfiltered (e.g. 1000000; built once)")
     ap.add_argument("--photos", type=int, default=2000)
     ap.add_argument("--memory-sizes", default="2000,8000")
     ap.add_argument("--runs", type=int, default=5, help="fresh processes per cold-start figure")
@@ -182,6 +189,9 @@ def main() -> None:
         result = json.loads(path.read_text()) if path.is_file() else {}
         result.setdefault("runs", {})
         result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+        if part == "search" and "real_scales" not in figures and "real_scales" in result.get("search", {}):
+            figures["real_scales"] = result["search"]["real_scales"]  # kept, as the --hnsw comparison below
+            figures["real_scales_run_at"] = result["search"].get("real_scales_run_at", result["runs"]["search"]["at"])
         if part == "search" and "hnsw_tradeoff" not in figures and "hnsw_tradeoff" in result.get("search", {}):
             # Not re-run without --hnsw (it takes an hour): the last comparison is kept, with its date.
             figures["hnsw_tradeoff"] = result["search"]["hnsw_tradeoff"]

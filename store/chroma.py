@@ -221,10 +221,11 @@ class ChromaStore:
 
     @contextmanager
     def keeping_saved_index(self) -> Iterator[None]:
-        """Around a run of writes (a tag or reindex run): if a current filter index is saved
-        beside the store, load it first so the writes keep it current, and save it back after;
-        otherwise the run would leave it stale, and filtered searches would fall back to
-        Chroma's scan (357 ms at 1M records) until a rebuild (133 s at 1M)."""
+        """Around a run of writes (`toolkit tag`): if a current filter index is saved beside the
+        store, load it first so the writes keep it current, and save it back after (+0.9 s for
+        2,000 writes into 100k records). Otherwise the run would leave it stale, and filtered
+        searches would fall back to Chroma's scan (405 ms at 1M records) until a rebuild (155 s
+        at 1M). A store with no saved index gets none."""
         kept = self._index is not None or (self.index_dir is not None and self.index_dir.is_dir()
                                            and self._load_saved() is not None)
         try:
