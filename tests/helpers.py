@@ -80,6 +80,14 @@ def read_styles(shared: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def copy_photos(shared: Path, rows: list[dict], folder: Path) -> Path:
+    """The rows' product photos from the shared data into `folder` (made if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        (folder / f"{r['id']}.jpg").write_bytes((shared / "images" / f"{r['id']}.jpg").read_bytes())
+    return folder
+
+
 def write_products_csv(path: Path, rows: list[dict], media_for=lambda r: f"{r['id']}.jpg") -> Path:
     """A products CSV in the documented format from styles.csv rows; prices are made up, links reserved."""
     with path.open("w", newline="", encoding="utf-8") as fh:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ColourEmbedder, read_styles, write_products_csv
+from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_products_csv
 from toolkit.errors import ConfigError
 from toolkit.evaluation import (attribute_query_labels, confusion, failed_gates, metric_names, parse_gate, pca_2d,
                                 precision_at, tag_scores, text_metrics, text_ranks, top_neighbours)
@@ -135,12 +135,8 @@ def user_toolkit(settings, shared_data, photos, tmp_path):
     """A Toolkit whose own collection already holds a few photos, as a user's would."""
     from toolkit.core import Toolkit
 
-    folder = tmp_path / "mine"
-    folder.mkdir()
-    for r in photos[:3]:
-        (folder / f"{r['id']}.jpg").write_bytes((shared_data / "images" / f"{r['id']}.jpg").read_bytes())
     tk = Toolkit(settings, embedder=ColourEmbedder())
-    tk.tag(folder, tagger="local")
+    tk.tag(copy_photos(shared_data, photos[:3], tmp_path / "mine"), tagger="local")
     return tk
 
 

@@ -203,20 +203,16 @@ def test_a_run_of_writes_saves_no_index_where_none_was_saved(settings, records):
 
 
 def test_toolkit_tag_keeps_a_saved_index_current(settings, shared_data, tmp_path):
-    from tests.helpers import ColourEmbedder, read_styles
+    from tests.helpers import ColourEmbedder, copy_photos, read_styles
     from toolkit import Toolkit
 
     rows = read_styles(shared_data)[:12]
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for r in rows[:8]:
-        (folder / f"{r['id']}.jpg").write_bytes((shared_data / "images" / f"{r['id']}.jpg").read_bytes())
+    folder = copy_photos(shared_data, rows[:8], tmp_path / "photos")
     first = Toolkit(settings, embedder=ColourEmbedder())
     first.tag(folder, tagger="local")
     first.store.filter_index_min = 0
     first.store.filter_index()  # built and saved, as `toolkit serve` would
-    for r in rows[8:]:
-        (folder / f"{r['id']}.jpg").write_bytes((shared_data / "images" / f"{r['id']}.jpg").read_bytes())
+    copy_photos(shared_data, rows[8:], folder)
     again = Toolkit(settings, embedder=ColourEmbedder())  # the next `toolkit tag`, another process
     assert again.tag(folder, tagger="local").new == 4
     store = again.store
