@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.helpers import ColourEmbedder, read_styles, write_mp4, write_products_csv
+from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_mp4, write_products_csv
 from toolkit import Toolkit
 
 PHOTOS = 24
@@ -20,9 +20,7 @@ def photo_rows(shared_data):
 def source(tmp_path, shared_data, photo_rows):
     """A folder of real photos, one video and the four kinds of bad input the issue names."""
     root = tmp_path / "media"
-    (root / "photos").mkdir(parents=True)
-    for r in photo_rows:
-        shutil.copy(shared_data / "images" / f"{r['id']}.jpg", root / "photos" / f"{r['id']}.jpg")
+    copy_photos(shared_data, photo_rows, root / "photos")
     jpg = (shared_data / "images" / f"{photo_rows[0]['id']}.jpg").read_bytes()
     (root / "bad").mkdir()
     (root / "bad" / "corrupt.jpg").write_bytes(jpg[: len(jpg) // 2])

@@ -18,7 +18,7 @@ import pytest
 
 from store import collections as colls
 from store.base import Record
-from tests.helpers import ColourEmbedder, read_styles, write_mp4, write_products_csv
+from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_mp4, write_products_csv
 from tests.test_cli import run
 from toolkit import Toolkit, registry
 from toolkit import reindex as reindex_mod
@@ -87,10 +87,7 @@ def photo_rows(shared_data):
 
 @pytest.fixture
 def source(tmp_path, shared_data, photo_rows):
-    root = tmp_path / "media"
-    root.mkdir()
-    for r in photo_rows:
-        shutil.copy(shared_data / "images" / f"{r['id']}.jpg", root / f"{r['id']}.jpg")
+    root = copy_photos(shared_data, photo_rows, tmp_path / "media")
     write_mp4(root / "lookbook.mp4", seconds_each=2.0)
     return root
 
