@@ -165,6 +165,19 @@ def print_table(r: dict) -> None:
             print(f"  {part}: run at {r['runs'][part]['at']}, load {r['runs'][part]['load_1min']}")
 
 
+#: Search figures measured only on request (--hnsw takes an hour, --real-scales builds a 1M store):
+#: a search run without them keeps the last ones, with the date they were measured.
+OPTIONAL_SEARCH = ("hnsw_tradeoff", "real_scales")
+
+
+def keep_optional(figures: dict, previous: dict) -> None:
+    before = previous.get("search", {})
+    for key in OPTIONAL_SEARCH:
+        if key not in figures and key in before:
+            figures[key] = before[key]
+            figures[f"{key}_run_at"] = before.get(f"{key}_run_at", previous["runs"]["search"]["at"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(PARTS), help=f"parts to run: {','.join(PARTS)}")
@@ -189,13 +202,8 @@ def main() -> None:
         result = json.loads(path.read_text()) if path.is_file() else {}
         result.setdefault("runs", {})
         result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
-        if part == "search" and "real_scales" not in figures and "real_scales" in result.get("search", {}):
-            figures["real_scales"] = result["search"]["real_scales"]  # kept, as the --hnsw comparison below
-            figures["real_scales_run_at"] = result["search"].get("real_scales_run_at", result["runs"]["search"]["at"])
-        if part == "search" and "hnsw_tradeoff" not in figures and "hnsw_tradeoff" in result.get("search", {}):
-            # Not re-run without --hnsw (it takes an hour): the last comparison is kept, with its date.
-            figures["hnsw_tradeoff"] = result["search"]["hnsw_tradeoff"]
-            figures["hnsw_tradeoff_run_at"] = result["search"].get("hnsw_tradeoff_run_at", result["runs"]["search"]["at"])
+        if part == "search":
+            keep_optional(figures, result)
         result[part] = figures
         result["runs"][part] = {**before, "load_1min_after": round(load_average(), 2)}
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -264,6 +264,19 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
+def timed_inserts(store, batches: int, kind: str, prefix: str) -> tuple[list[float], list[float], list[float]]:
+    """Upsert `batches` new batches; per batch, vectors a second, vectors per CPU-second of this
+    process (all its threads) and the load average after it."""
+    rates, cpu_rates, loads = [], [], []
+    for b in range(batches):
+        t, cpu = time.perf_counter(), sum(os.times()[:2])
+        insert_batch(store, 900_000 + b, kind, prefix=prefix)
+        rates.append(BATCH / (time.perf_counter() - t))
+        cpu_rates.append(BATCH / max(sum(os.times()[:2]) - cpu, 1e-9))
+        loads.append(load_average())
+    return rates, cpu_rates, loads
+
+
 def load_rate(n: int, kind: str = "synthetic", batches: int = LOAD_BATCHES, hnsw: dict | None = None) -> dict:
     """Vectors a second upserted into a copy of the cached store of n (the copy is not timed)."""
     hnsw = hnsw or hnsw_config()
@@ -277,14 +290,8 @@ def load_rate(n: int, kind: str = "synthetic", batches: int = LOAD_BATCHES, hnsw
         copy_s = time.perf_counter() - t
         store = open_store(tmp / "store")
         store.recent_count()
-        rates, cpu_rates, loads = [], [], []
         threads_before = thread_cpu()
-        for b in range(batches):
-            t, cpu = time.perf_counter(), sum(os.times()[:2])
-            insert_batch(store, 900_000 + b, kind, prefix="load-")
-            rates.append(BATCH / (time.perf_counter() - t))
-            cpu_rates.append(BATCH / max(sum(os.times()[:2]) - cpu, 1e-9))
-            loads.append(load_average())
+        rates, cpu_rates, loads = timed_inserts(store, batches, kind, prefix="load-")
         threads = {k: round(v - threads_before.get(k, 0.0), 2) for k, v in thread_cpu().items()}
         count = store.count()
     finally:
@@ -302,16 +309,10 @@ def empty_store_rate(batches: int = LOAD_BATCHES, kind: str = "synthetic") -> di
     metadata and a graph too small to cost much), beside the rate into the large store."""
     tmp = Path(tempfile.mkdtemp(prefix="empty-", dir=BENCH_CACHE))
     try:
-        store = open_store(tmp / "store", hnsw_config())
-        rates, cpu_rates = [], []
-        for b in range(batches):
-            t, cpu = time.perf_counter(), sum(os.times()[:2])
-            insert_batch(store, 900_000 + b, kind, prefix="empty-")
-            rates.append(BATCH / (time.perf_counter() - t))
-            cpu_rates.append(BATCH / max(sum(os.times()[:2]) - cpu, 1e-9))
+        rates, cpu_rates, loads = timed_inserts(open_store(tmp / "store", hnsw_config()), batches, kind, prefix="empty-")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"vectors_per_s": summary(rates), "vectors_per_cpu_s": summary(cpu_rates), "load_1min": load_average()}
+    return {"vectors_per_s": summary(rates), "vectors_per_cpu_s": summary(cpu_rates), "load_1min": loads[-1]}
 
 
 def hnsw_tradeoff(qvecs: np.ndarray, repeats: int, n: int = 100_000) -> dict:

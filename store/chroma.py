@@ -76,6 +76,11 @@ def client_for(settings: "Settings"):
     return _clients[key]
 
 
+def embedded_path(settings: "Settings") -> Path | None:
+    """The embedded store's folder, absolute; None when the store is a Chroma server."""
+    return None if settings.uses_chroma_server else settings.resolved_chroma_path.expanduser().resolve()
+
+
 def filter_index_dir(chroma_path: Path | None, collection_id: object) -> Path | None:
     """Where an embedded store's collection keeps its saved filter index (None on a server)."""
     if chroma_path is None:
@@ -122,8 +127,7 @@ class ChromaStore:
             col = client.get_or_create_collection(name=name, metadata=meta, embedding_function=None,
                                                   configuration={"hnsw": dict(hnsw or HNSW)})
         cls._check_model(col, model_id, dim)
-        path = None if settings.uses_chroma_server else settings.resolved_chroma_path.expanduser().resolve()
-        return cls(col, model_id, dim, chroma_path=path)
+        return cls(col, model_id, dim, chroma_path=embedded_path(settings))
 
     @staticmethod
     def _check_model(col, model_id: str, dim: int) -> None:

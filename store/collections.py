@@ -231,10 +231,9 @@ def _drop_saved_index(settings: "Settings", collection_id: object) -> None:
     """A dropped collection's saved filter index (about 1 KB a record) goes with it."""
     import shutil
 
-    from store.chroma import filter_index_dir
+    from store.chroma import embedded_path, filter_index_dir
 
-    path = None if settings.uses_chroma_server else settings.resolved_chroma_path.expanduser().resolve()
-    folder = filter_index_dir(path, collection_id)
+    folder = filter_index_dir(embedded_path(settings), collection_id)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
 

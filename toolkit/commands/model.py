@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from toolkit.settings import Settings
 
 app = typer.Typer(help="Train and inspect the offline embedding model.", no_args_is_help=True)
 
@@ -63,13 +67,15 @@ def info(
         typer.echo(f"{key}: {value}")
 
 
-def _model_settings():
+def _model_settings() -> "Settings":
     """The settings of the model in use: the one recorded for the collection in use when the
     store exists (an info command does not create one), else the configured one."""
+    from store.chroma import embedded_path
     from toolkit.core import Toolkit
     from toolkit.settings import load_settings
 
     settings = load_settings()
-    if not settings.uses_chroma_server and not settings.resolved_chroma_path.expanduser().is_dir():
+    path = embedded_path(settings)
+    if path is not None and not path.is_dir():
         return settings
     return Toolkit(settings).model_settings
