@@ -239,3 +239,19 @@ def test_cli_rejects_a_mistyped_gate_before_indexing(shared_data, photos, tmp_pa
     assert res.returncode == 2
     assert res.stderr.startswith("error: --fail-under names no metric: image.articletype.p@5;")
     assert not (tmp_path / "eval-report").exists()
+
+
+def test_the_holdout_split_scores_only_training_holdout_photos(settings, shared_data, tmp_path):
+    from toolkit.core import Toolkit
+    from toolkit.errors import ConfigError
+    from toolkit.split import is_holdout
+
+    rows = [r for r in read_styles(shared_data) if (shared_data / "images" / f"{r['id']}.jpg").is_file()][:60]
+    held = [r["id"] for r in rows if is_holdout(r["id"])]
+    assert len(held) >= 3
+    catalog = write_styles_subset(tmp_path / "styles.csv", rows)
+    tk = Toolkit(settings, embedder=ColourEmbedder())
+    report = tk.evaluate(catalog, shared_data / "images", split="holdout")
+    assert report.split == "holdout" and report.items == len(held)
+    with pytest.raises(ConfigError, match="use eval, holdout or all"):
+        tk.evaluate(catalog, shared_data / "images", split="training")

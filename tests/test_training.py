@@ -12,7 +12,7 @@ from taggers.offline_model import OfflineEmbedder
 from taggers.weights import sha256_file, sidecar_path
 from tests.model_fixtures import photo, shared_data  # noqa: F401 - fixtures
 from toolkit.errors import CatalogError, SourceError
-from toolkit.split import EVAL_FRACTION, eval_rows, is_eval, train_rows
+from toolkit.split import EVAL_FRACTION, HOLDOUT_FRACTION, eval_rows, is_eval, is_holdout, rows_for, train_rows
 from toolkit.training import build_captions, load_vocabulary, match_matrix, pattern_of, train_heads, training_rows
 
 
@@ -24,6 +24,18 @@ def test_split_is_fixed_and_big_enough(shared_data) -> None:
     assert not {r["id"] for r in ev} & {r["id"] for r in tr}
     assert is_eval("13430") and is_eval("10000") and not is_eval("10002")  # pinned: the split must never move
     assert is_eval(" 10031 ") == is_eval("10031")
+
+
+def test_holdout_is_a_fixed_fifth_of_the_training_split(shared_data) -> None:
+    tr = {r["id"] for r in train_rows(shared_data / "styles.csv", shared_data / "images")}
+    held = {r["id"] for r in rows_for(shared_data / "styles.csv", "holdout", shared_data / "images")}
+    assert held < tr and not any(is_eval(i) for i in held)
+    assert abs(len(held) / len(tr) - HOLDOUT_FRACTION) < 0.02
+    assert is_holdout("10012") and is_holdout("10015") and not is_holdout("10002")  # pinned, like the split
+    rows, left_out = training_rows(shared_data / "images", shared_data / "styles.csv", exclude_eval=True,
+                                   limit=None, hold_out=True)
+    assert {r["id"] for r in rows} == tr - held
+    assert left_out == len(eval_rows(shared_data / "styles.csv", shared_data / "images")) + len(held)
 
 
 def test_training_never_sees_eval_items(shared_data) -> None:
@@ -101,6 +113,7 @@ def test_cli_train_command_is_thin_and_reports_user_errors(tmp_path, shared_data
     runner = CliRunner()
     help_text = runner.invoke(app, ["train", "--help"]).output
     assert "--images" in help_text and "--epochs" in help_text
+    assert "--augment-views" in help_text and "--hold-out" in help_text
     result = runner.invoke(app, ["train", "--images", str(tmp_path / "missing"), "--catalog",
                                  str(shared_data / "styles.csv"), "--out", str(tmp_path / "h.safetensors")])
     assert isinstance(result.exception, SourceError)

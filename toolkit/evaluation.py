@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from toolkit.core import Toolkit
     from toolkit.pipeline import ItemCallback
 
-Split = Literal["eval", "all"]
+Split = Literal["eval", "holdout", "all"]
 KS = (1, 5, 10)
 #: Tag groups whose labels image-to-image and attribute-query retrieval are scored on, in the
 #: word order of a shopper's query ("Men Black Casual Shoes").
@@ -122,14 +122,14 @@ def _image_path(images: Path, name: str) -> Path | None:
 
 
 def select(items: list[LabelledItem], split: Split, limit: int | None) -> list[LabelledItem]:
-    """The fixed eval split (toolkit/split.py) or every row; then the first `limit`, in file order."""
-    from toolkit.split import is_eval
+    """The rows of one split (toolkit/split.py: eval, holdout or all); then the first `limit`, in file order."""
+    from toolkit.split import in_split
 
-    if split not in ("eval", "all"):
-        raise ConfigError(f"split {split!r} is not a split; use eval or all")
+    if split not in ("eval", "holdout", "all"):
+        raise ConfigError(f"split {split!r} is not a split; use eval, holdout or all")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit} must be 1 or more")
-    chosen = [it for it in items if split == "all" or is_eval(it.product_id)]
+    chosen = [it for it in items if in_split(it.product_id, split)]
     return chosen[:limit] if limit else chosen
 
 

@@ -3,6 +3,9 @@
 The split is a pure function of the id (a SHA-1 bucket), so it never changes between
 machines, runs or catalog orderings, and nothing has to be stored to reproduce it.
 Training must never see an eval item; `train_rows` enforces that in one place.
+Choosing between training settings must not look at the eval split either: for that,
+`toolkit model train --hold-out` also leaves out a fixed fifth of the training split
+(the "holdout" split), and `toolkit eval --split holdout` scores it.
 """
 from __future__ import annotations
 
@@ -16,15 +19,37 @@ EVAL_FRACTION = 0.2
 #: Changing the salt would reshuffle the split and invalidate every reported figure.
 _SALT = "toolkit-split-v1:"
 SPLIT_NAME = "sha1-v1-20pct"
+#: Share of the training split held out by `--hold-out`, drawn with a salt of its own.
+HOLDOUT_FRACTION = 0.2
+_HOLDOUT_SALT = "toolkit-holdout-v1:"
 
-Split = Literal["train", "eval", "all"]
+Split = Literal["train", "eval", "holdout", "all"]
+
+
+def _bucket(salt: str, product_id: str) -> float:
+    digest = hashlib.sha1((salt + str(product_id).strip()).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def is_eval(product_id: str) -> bool:
     """True when this product id belongs to the evaluation split."""
-    digest = hashlib.sha1((_SALT + str(product_id).strip()).encode("utf-8")).digest()
-    bucket = int.from_bytes(digest[:8], "big") / 2**64
-    return bucket < EVAL_FRACTION
+    return _bucket(_SALT, product_id) < EVAL_FRACTION
+
+
+def is_holdout(product_id: str) -> bool:
+    """True for the training-split ids that `--hold-out` training leaves out (never an eval id)."""
+    return not is_eval(product_id) and _bucket(_HOLDOUT_SALT, product_id) < HOLDOUT_FRACTION
+
+
+def in_split(product_id: str, split: Split) -> bool:
+    """Whether an id belongs to `split`; "train" includes the holdout fifth."""
+    if split == "all":
+        return True
+    if split == "eval":
+        return is_eval(product_id)
+    if split == "holdout":
+        return is_holdout(product_id)
+    return not is_eval(product_id)
 
 
 def read_catalog(catalog_csv: Path) -> list[dict[str, str]]:
@@ -35,10 +60,7 @@ def read_catalog(catalog_csv: Path) -> list[dict[str, str]]:
 
 def rows_for(catalog_csv: Path, split: Split, images_dir: Path | None = None) -> list[dict[str, str]]:
     """Rows of one split; with `images_dir`, only rows whose `<id>.jpg` exists there."""
-    rows = read_catalog(catalog_csv)
-    if split != "all":
-        want_eval = split == "eval"
-        rows = [r for r in rows if is_eval(r["id"]) == want_eval]
+    rows = [r for r in read_catalog(catalog_csv) if in_split(r["id"], split)]
     if images_dir is not None:
         rows = [r for r in rows if (images_dir / f"{r['id']}.jpg").is_file()]
     return rows

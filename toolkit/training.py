@@ -2,8 +2,8 @@
 
 Image side: frozen EfficientNet-Lite0 descriptor, the product-masked mean of four
 mid-level blocks' outputs (they still see colour and texture) and colour features (cached
-on disk by image hash, with a mirrored copy for augmentation). Text side: frozen MiniLM embeddings
-of captions: each product's title, the tagger's own vocabulary prompts ("a photo of
+on disk by image hash, with a mirrored copy and, optionally, random views for augmentation).
+Text side: frozen MiniLM embeddings of captions: each product's title, the tagger's own vocabulary prompts ("a photo of
 Tshirts") and attribute phrases ("Men Black Casual Shoes"). The loss is CLIP's symmetric
 InfoNCE with a learnable temperature, extended to several positives per row: a caption
 is a positive for every image whose attributes it names, so "Men Black Casual Shoes"
@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from toolkit.errors import CatalogError, ConfigError, SourceError
-from toolkit.split import SPLIT_NAME, is_eval, read_catalog
+from toolkit.split import SPLIT_NAME, is_eval, is_holdout, read_catalog
 
 Progress = Callable[[str], None]
 
@@ -75,6 +75,10 @@ class TrainConfig:
     dropout: float = 0.25
     seed: int = 0
     flip: bool = True
+    #: Extra views of each photo (random crops, shifts and turns: toolkit/augment.py), their
+    #: features computed once and cached. With views, a batch shows each photo as itself or
+    #: its mirror image half the time, else as one of its views.
+    augment_views: int = 0
     #: Weight of the per-group label loss (image vs every label prompt of a vocabulary group).
     group_loss: float = 1.0
     #: Weight of the image-image loss: photos of the same article type and colour (and each
@@ -92,6 +96,9 @@ class TrainConfig:
     #: (taggers/backbone.py `parse_mid`); "" for the 1280-d descriptor alone.
     mid_features: str = MID_FEATURES
     exclude_eval: bool = True
+    #: Also leave out the training split's holdout fifth (toolkit/split.py), to compare
+    #: training settings on it without looking at the eval split.
+    hold_out: bool = False
     runtime: str = "auto"
     threads: int = 0
     limit: int | None = None
@@ -141,8 +148,10 @@ def load_vocabulary(path: Path | None = None) -> dict:
 
 
 # ---------------------------------------------------------------- data
-def training_rows(images_dir: Path, catalog_csv: Path, exclude_eval: bool, limit: int | None) -> tuple[list[dict], int]:
-    """Catalog rows with a photo, eval items removed; also how many eval items were left out."""
+def training_rows(images_dir: Path, catalog_csv: Path, exclude_eval: bool, limit: int | None,
+                  hold_out: bool = False) -> tuple[list[dict], int]:
+    """Catalog rows with a photo, eval items (and with `hold_out` the holdout fifth) removed;
+    also how many rows were left out."""
     if not images_dir.is_dir():
         raise SourceError(f"--images {images_dir}: not a folder of <id>.jpg photos")
     if not catalog_csv.is_file():
@@ -152,7 +161,7 @@ def training_rows(images_dir: Path, catalog_csv: Path, exclude_eval: bool, limit
     if missing:
         raise CatalogError(f"--catalog {catalog_csv}: missing columns {', '.join(sorted(missing))}")
     rows = [r for r in rows if (images_dir / f"{r['id']}.jpg").is_file()]
-    kept = [r for r in rows if not (exclude_eval and is_eval(r["id"]))]
+    kept = [r for r in rows if not (exclude_eval and is_eval(r["id"])) and not (hold_out and is_holdout(r["id"]))]
     if limit:
         kept = kept[:limit]
     if exclude_eval:
@@ -190,6 +199,12 @@ def _cached_rows(cache: Path, keys: list[str], compute: Callable[[list[str]], di
     return {n: old[n][idx] for n in names}
 
 
+def _file_hashes(paths: list[Path]) -> tuple[list[str], dict[str, Path]]:
+    """Each file's SHA-256 (the feature caches' key), and a file for each hash."""
+    hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    return hashes, dict(zip(hashes, paths))
+
+
 def image_features(paths: list[Path], featurizer, folder: Path, flip: bool,
                    progress: Progress) -> tuple[np.ndarray, np.ndarray | None]:
     """Backbone + colour features of each photo and of its mirror image, cached by file SHA-256
@@ -199,8 +214,7 @@ def image_features(paths: list[Path], featurizer, folder: Path, flip: bool,
     from taggers.colour import COLOUR_VERSION
     from taggers.offline_model import colour_batch, to_square
 
-    hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
-    by_hash = dict(zip(hashes, paths))
+    hashes, by_hash = _file_hashes(paths)
 
     def pictures(keys: list[str]) -> Iterable[tuple[int, np.ndarray]]:
         t0 = time.time()
@@ -224,6 +238,37 @@ def image_features(paths: list[Path], featurizer, folder: Path, flip: bool,
     col = _cached_rows(folder / f"colour-{COLOUR_VERSION}.npz", hashes, colour, ("feats",))["feats"]
     feats = np.concatenate([bb["feats"], col], axis=1)
     return feats, (np.concatenate([bb["mirror"], col], axis=1) if flip else None)
+
+
+def augmented_features(paths: list[Path], featurizer, folder: Path, n_views: int,
+                       progress: Progress) -> list[np.ndarray]:
+    """Backbone + colour features of `n_views` random views of each photo (one array per view),
+    cached by file SHA-256 and view number."""
+    from PIL import Image
+
+    from taggers.colour import COLOUR_VERSION
+    from taggers.offline_model import IMAGE_SIZE, colour_batch
+    from toolkit.augment import AUGMENT_VERSION, random_view, view_rng
+
+    hashes, by_hash = _file_hashes(paths)
+
+    def compute(keys: list[str]) -> dict[str, np.ndarray]:
+        out, t0 = [], time.time()
+        for i in range(0, len(keys), 128):
+            arrs = []
+            for key in keys[i: i + 128]:
+                h, view = key.rsplit(":", 1)
+                arrs.append(random_view(Image.open(by_hash[h]), view_rng(h, int(view)), IMAGE_SIZE))
+            batch = np.stack(arrs)
+            out.append(np.concatenate([featurizer.backbone(batch), colour_batch(batch)], axis=1))
+            done = min(i + 128, len(keys))
+            progress(f"view features: {done}/{len(keys)} ({done / (time.time() - t0):.0f} views/s)")
+        return {"feats": np.concatenate(out)}
+
+    keys = [f"{h}:{v}" for v in range(n_views) for h in hashes]
+    cache = folder / f"views-{AUGMENT_VERSION}-{featurizer.backbone_key}-{COLOUR_VERSION}.npz"
+    feats = _cached_rows(cache, keys, compute, ("feats",))["feats"]
+    return [feats[v * len(paths):(v + 1) * len(paths)] for v in range(n_views)]
 
 
 def text_features(texts: list[str], featurizer, cache: Path, progress: Progress) -> np.ndarray:
@@ -404,9 +449,23 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def pick_views(n_items: int, n_views: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """A view per item: 0 (the photo) or 1 (its mirror image) half the time, else one of the
+    random views 2..n_views-1; never the view `exclude` names for that item."""
+    own = np.random.randint(0, 2, n_items)
+    view = np.where(np.random.rand(n_items) < 0.5, own, np.random.randint(2, n_views, n_items))
+    if exclude is not None:
+        same = view == exclude
+        view[same] = (view[same] + 1 + np.random.randint(0, n_views - 1, int(same.sum()))) % n_views
+    return view
+
+
 def fit(img_f: np.ndarray, img_m: np.ndarray | None, txt_f: np.ndarray, caps: Captions,
-        cfg: TrainConfig, heads_cfg, progress: Progress) -> tuple[object, float]:
-    """The training loop over cached features; returns the heads and the last epoch's mean loss."""
+        cfg: TrainConfig, heads_cfg, progress: Progress,
+        views: list[np.ndarray] | None = None) -> tuple[object, float]:
+    """The training loop over cached features; returns the heads and the last epoch's mean loss.
+    `views`: features of random views of each photo (`augmented_features`), used with the
+    photo and its mirror image as the batch's two views of each item."""
     import torch
 
     from taggers.heads import Heads
@@ -423,6 +482,8 @@ def fit(img_f: np.ndarray, img_m: np.ndarray | None, txt_f: np.ndarray, caps: Ca
     # Copies into torch-allocated (aligned) memory: MKL results may otherwise depend on alignment.
     imgs = torch.tensor(img_f)
     mirr = torch.tensor(img_m) if img_m is not None else None
+    # With random views: (view, item, feature), view 0 the photo and 1 its mirror image.
+    every = torch.stack([imgs, imgs if mirr is None else mirr, *map(torch.tensor, views)]) if views else None
     txts = torch.tensor(txt_f)
     loss_val = float("nan")
     for epoch in range(cfg.epochs):
@@ -434,7 +495,12 @@ def fit(img_f: np.ndarray, img_m: np.ndarray | None, txt_f: np.ndarray, caps: Ca
             cand = sample_captions(caps, items, cfg.caption_weights, rng)
             x = imgs[items]
             other = x
-            if mirr is not None:
+            if every is not None:
+                a = pick_views(len(items), len(every))
+                b = pick_views(len(items), len(every), exclude=a)
+                idx = torch.from_numpy(items)
+                x, other = every[torch.from_numpy(a), idx], every[torch.from_numpy(b), idx]
+            elif mirr is not None:
                 flip = torch.from_numpy(np.random.rand(len(items)) < 0.5)[:, None]
                 x, other = torch.where(flip, mirr[items], x), torch.where(flip, x, mirr[items])
             loss = batch_loss(heads, x, lambda: other, items, cand, caps, txts, look_keys, cfg)
@@ -459,8 +525,7 @@ def front_activations(paths: list[Path], n_front: int, threads: int, folder: Pat
     from taggers import weights
     from taggers.offline_model import OnnxBackbone, cache_dir, normalise, to_square
 
-    hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
-    by_hash = dict(zip(hashes, paths))
+    hashes, by_hash = _file_hashes(paths)
     tag = f"front{n_front}-{weights.EFFNET_LITE0_SHA256[:12]}"
     onnx_path = cache_dir() / "onnx" / f"{tag}.onnx"
 
@@ -570,8 +635,8 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     if cfg.epochs < 1:
         raise ConfigError("--epochs must be at least 1")
     t0 = time.time()
-    rows, excluded = training_rows(Path(images_dir), Path(catalog_csv), cfg.exclude_eval, cfg.limit)
-    say(f"training on {len(rows)} photos ({excluded} eval/other items left out)")
+    rows, excluded = training_rows(Path(images_dir), Path(catalog_csv), cfg.exclude_eval, cfg.limit, cfg.hold_out)
+    say(f"training on {len(rows)} photos ({excluded} eval/holdout/other items left out)")
     vocab = load_vocabulary(vocabulary)
     if cfg.finetune_blocks and cfg.mid_features:
         # The fine-tuned tail only produces the last layer's descriptor.
@@ -587,7 +652,11 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     heads_cfg = HeadsConfig(colour_dim=COLOUR_DIM, colour_version=COLOUR_VERSION, backbone_dim=BACKBONE_DIM,
                             mid_features=cfg.mid_features, mid_dim=featurizer.backbone_dim - BACKBONE_DIM,
                             hidden=cfg.hidden, dim=cfg.dim, dropout=cfg.dropout)
-    heads, loss = fit(img_f, img_m, txt_f, caps, cfg, heads_cfg, say)
+    views = None
+    if cfg.augment_views:
+        views = augmented_features([Path(images_dir) / f"{r['id']}.jpg" for r in rows], featurizer,
+                                   cache_dir() / "features", cfg.augment_views, say)
+    heads, loss = fit(img_f, img_m, txt_f, caps, cfg, heads_cfg, say, views)
     backbone_state = None
     if cfg.finetune_blocks:
         paths = [Path(images_dir) / f"{r['id']}.jpg" for r in rows]

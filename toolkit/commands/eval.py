@@ -18,7 +18,8 @@ def eval_(
     images: Path = typer.Option(..., "--images", help="Folder holding the catalog's photos."),
     out_dir: Path = typer.Option(Path("eval-report"), "--out", help="Folder for eval.json and eval.html."),
     limit: int | None = typer.Option(None, "--limit", min=2, help="Score only the first N photos (quick runs)."),
-    split: str = typer.Option("eval", "--split", help="eval (the fixed eval split) or all."),
+    split: str = typer.Option("eval", "--split", help="eval (the fixed eval split), holdout (the training "
+                                 "fifth `model train --hold-out` leaves out) or all."),
     fail_under: list[str] = typer.Option([], "--fail-under", metavar="METRIC=VALUE",
                                          help="Exit 1 when METRIC is under VALUE; repeatable."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
@@ -28,7 +29,7 @@ def eval_(
 
     The catalog is a styles.csv (photo IMAGES/<id>.jpg) or a products CSV
     (product_id, title, media, label columns). Only the fixed eval split is
-    scored unless --split all. Writes OUT/eval.json and OUT/eval.html.
+    scored unless --split holdout or all. Writes OUT/eval.json and OUT/eval.html.
 
     \b
     Metrics (ATTR: articleType, baseColour, gender, or all of them at once):

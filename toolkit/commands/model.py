@@ -32,16 +32,23 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and data give the same heads."),
     include_eval: bool = typer.Option(False, "--include-eval",
                                       help="Also train on the eval split (then quality figures are not fair)."),
+    hold_out: bool = typer.Option(False, "--hold-out",
+                                  help="Also leave out the training split's fixed holdout fifth, to compare "
+                                       "settings on it (toolkit eval --split holdout), not on the eval split."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: one per core)."),
     finetune_blocks: int = typer.Option(0, "--finetune-blocks", min=0, max=4,
                                         help="Also fine-tune this many last blocks of the image backbone "
                                              "(slower; their weights go into the heads file)."),
+    augment_views: int = typer.Option(0, "--augment-views", min=0, max=16,
+                                      help="Random crops, shifts and turns of each photo to train on besides "
+                                           "the photo itself (features computed once and cached)."),
 ) -> None:
     """Train projection heads on a catalog's photos and attributes (eval split left out)."""
     from toolkit.training import train_heads
 
     report = train_heads(images, catalog, out, epochs=epochs, seed=seed, exclude_eval=not include_eval,
-                         threads=threads, finetune_blocks=finetune_blocks, progress=_progress)
+                         threads=threads, finetune_blocks=finetune_blocks, augment_views=augment_views,
+                         hold_out=hold_out, progress=_progress)
     typer.echo(f"wrote {report.out} ({report.n_train} photos, {report.n_captions} captions, "
                f"{report.epochs} epochs, final loss {report.final_loss:.4f}, {report.seconds:.0f} s)")
     typer.echo(f"model id {report.model_id}; use it with TOOLKIT_HEADS_PATH={report.out}")
