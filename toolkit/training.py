@@ -493,16 +493,16 @@ def fit(img_f: np.ndarray, img_m: np.ndarray | None, txt_f: np.ndarray, caps: Ca
         for s in range(steps_per_epoch):
             items = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             cand = sample_captions(caps, items, cfg.caption_weights, rng)
-            x = imgs[items]
-            other = x
             if every is not None:
                 a = pick_views(len(items), len(every))
                 b = pick_views(len(items), len(every), exclude=a)
                 idx = torch.from_numpy(items)
                 x, other = every[torch.from_numpy(a), idx], every[torch.from_numpy(b), idx]
-            elif mirr is not None:
-                flip = torch.from_numpy(np.random.rand(len(items)) < 0.5)[:, None]
-                x, other = torch.where(flip, mirr[items], x), torch.where(flip, x, mirr[items])
+            else:
+                x = other = imgs[items]
+                if mirr is not None:
+                    flip = torch.from_numpy(np.random.rand(len(items)) < 0.5)[:, None]
+                    x, other = torch.where(flip, mirr[items], x), torch.where(flip, x, mirr[items])
             loss = batch_loss(heads, x, lambda: other, items, cand, caps, txts, look_keys, cfg)
             opt.zero_grad()
             loss.backward()
