@@ -47,16 +47,22 @@ def cache_dir() -> Path:
     return Path(base) / "toolkit"
 
 
-def to_square(img: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
-    """RGB uint8 (size, size, 3): padded with white to a square first, since products sit on white
-    and stretching would distort their shape."""
+def pad_square(img: Image.Image) -> Image.Image:
+    """The RGB picture centred on a white square: products sit on white, and stretching would
+    distort their shape."""
     img = img.convert("RGB")
     w, h = img.size
-    if w != h:
-        side = max(w, h)
-        canvas = Image.new("RGB", (side, side), (255, 255, 255))
-        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-        img = canvas
+    if w == h:
+        return img
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def to_square(img: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """RGB uint8 (size, size, 3): padded with white to a square (`pad_square`), then resized."""
+    img = pad_square(img)
     if img.size != (size, size):
         img = img.resize((size, size), Image.BICUBIC)
     return np.asarray(img, dtype=np.uint8)

@@ -12,6 +12,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 
+from taggers.offline_model import pad_square
+
 #: Changing how views are drawn must change this, since cached view features are keyed by it.
 AUGMENT_VERSION = "crop-shift-turn-v1"
 #: Views are cut from a slightly larger square than the model's input, so crops keep detail.
@@ -25,14 +27,6 @@ def view_rng(file_sha256: str, view: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
-def _pad_square(img: Image.Image) -> Image.Image:
-    w, h = img.size
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), _WHITE)
-    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-    return canvas
-
-
 def _zoom_in(sq: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A crop of 65-100% of the area, aspect 3:4 to 4:3, anywhere in the picture."""
     side = sq.size[0]
@@ -41,7 +35,7 @@ def _zoom_in(sq: Image.Image, rng: np.random.Generator) -> Image.Image:
     w = int(min(side, round(np.sqrt(area * aspect))))
     h = int(min(side, round(np.sqrt(area / aspect))))
     x0, y0 = int(rng.integers(0, side - w + 1)), int(rng.integers(0, side - h + 1))
-    return _pad_square(sq.crop((x0, y0, x0 + w, y0 + h)))
+    return pad_square(sq.crop((x0, y0, x0 + w, y0 + h)))
 
 
 def _zoom_out(sq: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -57,7 +51,7 @@ def _zoom_out(sq: Image.Image, rng: np.random.Generator) -> Image.Image:
 def random_view(img: Image.Image, rng: np.random.Generator, size: int) -> np.ndarray:
     """One view as RGB uint8 (size, size, 3): zoomed in or out, then perhaps turned up to
     10 degrees and mirrored, on the white the products are shot on."""
-    sq = _pad_square(img.convert("RGB")).resize((_WORK_SIDE, _WORK_SIDE), Image.BICUBIC)
+    sq = pad_square(img).resize((_WORK_SIDE, _WORK_SIDE), Image.BICUBIC)
     out = _zoom_in(sq, rng) if rng.random() < 0.5 else _zoom_out(sq, rng)
     if rng.random() < 0.5:
         out = out.rotate(float(rng.uniform(-10, 10)), resample=Image.BICUBIC, fillcolor=_WHITE)

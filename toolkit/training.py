@@ -3,11 +3,11 @@
 Image side: frozen EfficientNet-Lite0 descriptor, the product-masked mean of four
 mid-level blocks' outputs (they still see colour and texture) and colour features (cached
 on disk by image hash, with a mirrored copy and, optionally, random views for augmentation).
-Text side: frozen MiniLM embeddings of captions: each product's title, the tagger's own vocabulary prompts ("a photo of
-Tshirts") and attribute phrases ("Men Black Casual Shoes"). The loss is CLIP's symmetric
-InfoNCE with a learnable temperature, extended to several positives per row: a caption
-is a positive for every image whose attributes it names, so "Men Black Casual Shoes"
-does not push apart two pairs of men's black casual shoes in one batch.
+Text side: frozen MiniLM embeddings of captions: each product's title, the tagger's own
+vocabulary prompts ("a photo of Tshirts") and attribute phrases ("Men Black Casual Shoes").
+The loss is CLIP's symmetric InfoNCE with a learnable temperature, extended to several
+positives per row: a caption is a positive for every image whose attributes it names, so
+"Men Black Casual Shoes" does not push apart two pairs of men's black casual shoes in one batch.
 """
 from __future__ import annotations
 
