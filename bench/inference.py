@@ -20,12 +20,12 @@ from common import PHOTOS, say, summary  # noqa: E402
 BATCH = 32
 
 
-def squares(paths: list[Path]) -> np.ndarray:
+def squares(paths: list[Path], size: int = 224) -> np.ndarray:
     from PIL import Image
 
     from taggers.offline_model import to_square
 
-    return np.stack([to_square(Image.open(p)) for p in paths])
+    return np.stack([to_square(Image.open(p), size) for p in paths])
 
 
 def rate(fn, arrs: np.ndarray) -> float:
@@ -131,11 +131,11 @@ def run(parity_n: int = 500, speed_batches: int = 8) -> dict:
     images = PHOTOS / "images"
     ev = eval_rows(PHOTOS / "styles.csv", images)[:parity_n]
     say("inference: int8 quantisation (once)")
-    int8_file = quantize_backbone(feat.onnx_path())
+    int8_file = quantize_backbone(feat.onnx_path(), feat.image_size)
     int8_bb = OnnxBackbone(int8_file, feat.threads)
     set_threads(feat.threads)
-    torch_bb = TorchBackbone(load_backbone(feat.overrides), feat.mid)
-    arrs = squares([images / f"{r['id']}.jpg" for r in ev])
+    torch_bb = TorchBackbone(load_backbone(feat.overrides, feat.backbone_name), feat.mid, feat.backbone_name)
+    arrs = squares([images / f"{r['id']}.jpg" for r in ev], feat.image_size)
     say("inference: speed")
     backbone = speeds({"torch": lambda x: torch_bb(normalise(x)), "onnx": lambda x: onnx_bb(normalise(x)),
                        "onnx_int8": lambda x: int8_bb(normalise(x))}, arrs, speed_batches)

@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/quality.py [--data DIR] [--heads PATH] [--threads 2] [--no-speed]
         [--precision fp32|int8]   (default: TOOLKIT_PRECISION, else fp32)
+        [--split eval|holdout]    (holdout: for heads trained with --hold-out)
 
-Prints a table and writes bench/results/quality.json (quality-int8.json for the int8 backbone). Eval photos are never trained on
-(toolkit/split.py); their features are cached by file hash, so re-runs are quick.
+Prints a table and writes bench/results/quality.json (quality-int8.json for the int8 backbone,
+quality-holdout*.json for the holdout). Eval photos are never trained on (toolkit/split.py);
+their features are cached by file hash, so re-runs are quick.
 Baselines: raw EfficientNet-Lite0 features, and a linear probe (logistic regression on
-train-split features) whose class probabilities serve as embeddings.
+train-split Lite0 features) whose class probabilities serve as embeddings; for a model on another
+backbone, that backbone's raw features too.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from taggers.clip_local import LocalTagger  # noqa: E402
-from taggers.offline_model import BACKBONE_DIM, OfflineEmbedder, cache_dir  # noqa: E402
-from toolkit.split import eval_rows, train_rows  # noqa: E402
+from taggers.backbone_specs import LITE0, spec  # noqa: E402
+from taggers.offline_model import BACKBONE_DIM, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
+from toolkit.split import rows_for, train_rows  # noqa: E402
 from toolkit.training import image_features  # noqa: E402
 
 ATTRS = ["articleType", "baseColour", "gender"]
@@ -140,6 +144,7 @@ def features_of(model: OfflineEmbedder):
     class Int8:
         backbone_key = f"{feat.backbone_key}-int8-{file_sha256(int8_path(feat.onnx_path()))[:12]}"
         backbone = staticmethod(feat.backbone)
+        image_size = feat.image_size
 
     assert feat.precision_used == "int8", "int8 quantisation failed; see the log"
     return Int8()
@@ -175,33 +180,43 @@ def main() -> None:
     ap.add_argument("--no-probe", action="store_true", help="skip the linear-probe baseline")
     ap.add_argument("--precision", choices=["fp32", "int8"], default=os.environ.get("TOOLKIT_PRECISION") or "fp32",
                     help="image backbone precision (int8: the shipped default; skips the probe baseline)")
+    ap.add_argument("--split", choices=["eval", "holdout"], default="eval",
+                    help="holdout: the training split's fixed fifth, for heads trained with --hold-out "
+                         "(no probe: it trains on the whole training split)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    args.out = args.out or ROOT / "bench" / "results" / ("quality.json" if args.precision == "fp32" else
-                                                         f"quality-{args.precision}.json")
+    name = "quality" + ("" if args.split == "eval" else f"-{args.split}")
+    args.out = args.out or ROOT / "bench" / "results" / (f"{name}.json" if args.precision == "fp32" else
+                                                         f"{name}-{args.precision}.json")
 
     images, catalog = args.data / "images", args.data / "styles.csv"
-    ev = sorted(eval_rows(catalog, images), key=lambda r: int(r["id"]) if r["id"].isdigit() else r["id"])
+    ev = sorted(rows_for(catalog, args.split, images), key=lambda r: int(r["id"]) if r["id"].isdigit() else r["id"])
     model = OfflineEmbedder(args.heads, threads=args.threads, precision=args.precision)
     feat = features_of(model)
     cache = cache_dir() / "features"
-    say(f"eval split: {len(ev)} photos; features ...")
+    say(f"{args.split} split: {len(ev)} photos; features ...")
     ev_f, _ = image_features([images / f"{r['id']}.jpg" for r in ev], feat, cache, False, say)
     emb = model.project_images(ev_f)
-    result: dict = {"model_id": model.model_id, "eval_items": len(ev), "precision": args.precision}
+    result: dict = {"model_id": model.model_id, "split": args.split, "eval_items": len(ev),
+                    "precision": args.precision}
 
+    # The baselines are EfficientNet-Lite0's (fp32), whatever backbone the model uses.
+    lite0 = ImageFeaturizer("auto", 64, args.threads, mid=spec(LITE0).mid, backbone=LITE0)
+    ev_l0, _ = image_features([images / f"{r['id']}.jpg" for r in ev], lite0, cache, False, say)
     result["image_to_image"] = {"model": image_to_image(emb, ev),
-                                "raw_effnet": image_to_image(l2(ev_f[:, :BACKBONE_DIM]), ev)}
+                                "raw_effnet": image_to_image(l2(ev_l0[:, :BACKBONE_DIM]), ev)}
+    if feat.image_size != lite0.image_size:
+        result["image_to_image"]["raw_model_backbone"] = image_to_image(l2(ev_f[:, :BACKBONE_DIM]), ev)
     gal = ev[:GALLERY]
     result["text_to_image"] = text_to_image(emb[:GALLERY], model.embed_texts([r["productDisplayName"] for r in gal]))
     result["attribute_queries@10"] = attribute_queries(model, emb[:GALLERY], gal)
     tagger = LocalTagger(model, None, threshold=0.35)
     result["tag_accuracy"] = tag_accuracy(tagger, emb, ev)
-    if not args.no_probe and args.precision == "fp32":
+    if not args.no_probe and args.precision == "fp32" and args.split == "eval":
         say("linear probe baseline ...")
         tr = train_rows(catalog, images)
-        tr_f, _ = image_features([images / f"{r['id']}.jpg" for r in tr], feat, cache, False, say)
-        probe_emb, probe_acc = linear_probe(tr_f[:, :BACKBONE_DIM], tr, ev_f[:, :BACKBONE_DIM], ev)
+        tr_f, _ = image_features([images / f"{r['id']}.jpg" for r in tr], lite0, cache, False, say)
+        probe_emb, probe_acc = linear_probe(tr_f[:, :BACKBONE_DIM], tr, ev_l0[:, :BACKBONE_DIM], ev)
         result["image_to_image"]["linear_probe_raw"] = image_to_image(probe_emb, ev)
         result["linear_probe_accuracy_raw"] = probe_acc
     if not args.no_speed:
@@ -214,7 +229,7 @@ def main() -> None:
 
 
 def print_table(r: dict) -> None:
-    print(f"model {r['model_id']}  (eval split: {r['eval_items']} photos)")
+    print(f"model {r['model_id']}  ({r.get('split', 'eval')} split: {r['eval_items']} photos)")
     print("\nimage-to-image precision@k        articleType          baseColour           gender")
     for name, res in r["image_to_image"].items():
         cells = "  ".join(" ".join(f"{res[a][f'p@{k}']:.3f}" for k in (1, 5, 10)) for a in ATTRS)

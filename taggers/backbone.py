@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0, the offline model's image backbone, in PyTorch and exported to ONNX.
+"""EfficientNet-Lite, the offline model's image backbone, in PyTorch and exported to ONNX.
 
 Imports torch at module level: only import this lazily (see taggers/offline_model.py).
 """
@@ -13,15 +13,17 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 
 from taggers import weights
+from taggers.backbone_specs import _PRODUCT_BELOW, LITE0, parse_mid, spec
 from toolkit.errors import ModelError
 
 IMAGE_SIZE = 224
 
 
-def load_backbone(overrides: dict[str, torch.Tensor] | None = None) -> EfficientNet:
-    """EfficientNet-Lite0 with verified ImageNet weights, then any fine-tuned tensors on top, in eval mode."""
-    path = weights.efficientnet_lite0_weights()
-    model = EfficientNet.from_name("efficientnet-lite0")
+def load_backbone(overrides: dict[str, torch.Tensor] | None = None, name: str = LITE0) -> EfficientNet:
+    """An EfficientNet-Lite with verified ImageNet weights, then any fine-tuned tensors on top, in eval mode."""
+    spec(name)
+    path = weights.efficientnet_weights(name)
+    model = EfficientNet.from_name(name)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     if overrides:
         unknown = set(overrides) - set(model.state_dict())
@@ -31,48 +33,16 @@ def load_backbone(overrides: dict[str, torch.Tensor] | None = None) -> Efficient
     return model.eval()
 
 
-#: Pooled mid-level features ("4,7,10,14/mask": after those blocks, pooled those ways). Early
-#: blocks still see colour and texture, which the last layer has mostly traded for object identity.
-#: On a held-out slice of the training split, the product-masked means of blocks 4, 7, 10 and 14
-#: (424 more numbers) took the heads' baseColour p@5 from 0.478 to 0.513, colour tags from 0.646
-#: to 0.688 and title recall@10 from 0.800 to 0.827; adding plain means and maxima as well
-#: (1,272) cost 2 points of articleType p@5 instead.
-POOLS = ("mean", "mask", "max")
-#: Product pixels: some channel under 232 (the photos are shot on white), in normalised units.
-_PRODUCT_BELOW = (232 - 127) / 128
-
-
-def parse_mid(spec: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """"4,7,10,14/mean,mask" -> ((4, 7, 10, 14), ("mean", "mask")); "" -> no mid-level features."""
-    if not spec:
-        return (), ()
-    try:
-        taps, pools = spec.split("/")
-        blocks = tuple(int(t) for t in taps.split(","))
-        kinds = tuple(pools.split(","))
-    except ValueError:
-        raise ModelError(f"mid-level feature spec {spec!r} is not like '4,7,10,14/mean,mask'") from None
-    if not all(0 <= b < 16 for b in blocks) or not set(kinds) <= set(POOLS):
-        raise ModelError(f"mid-level feature spec {spec!r}: blocks 0-15, pools among {', '.join(POOLS)}")
-    return blocks, kinds
-
-
-def mid_dim(spec: str) -> int:
-    """Length of the mid-level part of the descriptor for `spec` (EfficientNet-Lite0's block widths)."""
-    widths = [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320]
-    blocks, kinds = parse_mid(spec)
-    return sum(widths[b] for b in blocks) * len(kinds)
-
-
 class Pooled(torch.nn.Module):
     """`extract_features` + global average pooling: the 1280-d image descriptor, followed by the
     pooled outputs of the blocks `mid` names (see `parse_mid`). "mask" pooling averages over the
     product's pixels only (not the white background), "max" keeps each channel's strongest response."""
 
-    def __init__(self, inner: EfficientNet, mid: str = "") -> None:
+    def __init__(self, inner: EfficientNet, mid: str = "", backbone: str = LITE0) -> None:
         super().__init__()
         self.inner = inner
-        self.taps, self.pools = parse_mid(mid)
+        self.taps, self.pools = parse_mid(mid, backbone)
+        self.size = spec(backbone).image_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.taps:
@@ -94,31 +64,31 @@ class Pooled(torch.nn.Module):
                     parts.append(f.amax(dim=(2, 3)))
                 else:
                     # A constant kernel (ONNX cannot export adaptive pooling to a traced size).
-                    w = torch.nn.functional.avg_pool2d(product, IMAGE_SIZE // int(f.shape[-1])) + 1e-3
+                    w = torch.nn.functional.avg_pool2d(product, self.size // int(f.shape[-1])) + 1e-3
                     parts.append((f * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3)))
         return torch.cat(parts, dim=1)
 
 
 class TorchBackbone:
-    def __init__(self, model: EfficientNet, mid: str = "") -> None:
-        self.pooled = Pooled(model, mid).eval()
+    def __init__(self, model: EfficientNet, mid: str = "", backbone: str = LITE0) -> None:
+        self.pooled = Pooled(model, mid, backbone).eval()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.pooled(torch.from_numpy(x)).numpy()
 
 
-def export_onnx(model: EfficientNet, out: Path, mid: str = "") -> Path:
+def export_onnx(model: EfficientNet, out: Path, mid: str = "", backbone: str = LITE0) -> Path:
     """Export the pooled backbone (and any mid-level features) once (see `_export`)."""
-    return _export(Pooled(model, mid).eval(), "features", out)
+    return _export(Pooled(model, mid, backbone).eval(), "features", out, spec(backbone).image_size)
 
 
-def _export(module: torch.nn.Module, output: str, out: Path) -> Path:
+def _export(module: torch.nn.Module, output: str, out: Path, size: int = IMAGE_SIZE) -> Path:
     """Write an ONNX file under a temporary name and rename it, so a crash or a parallel run
     never leaves a half-written model behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    dummy = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    dummy = torch.zeros(1, 3, size, size)
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter is deprecated but needs no onnxscript; its notices are noise here.

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from taggers import weights
+from taggers.backbone_specs import LITE0, mid_dim, spec
 from taggers.colour import COLOUR_DIM, COLOUR_VERSION, colour_features
 from toolkit.errors import ModelError
 
@@ -37,6 +38,11 @@ BACKBONE_DIM = 1280
 TEXT_DIM = 384
 FEATURE_DIM = BACKBONE_DIM + COLOUR_DIM
 _ONNX_FORMAT = "v1"
+
+
+def model_prefix(backbone: str) -> str:
+    """"offline-effnetlite0-minilm" for Lite0 (the name model ids have always had), and the like."""
+    return MODEL_PREFIX.replace("effnetlite0", backbone.replace("efficientnet-", "effnet").replace("-", ""))
 
 
 def cache_dir() -> Path:
@@ -130,8 +136,11 @@ class ImageFeaturizer:
 
     def __init__(self, runtime: Runtime = "auto", batch_size: int = 32, threads: int = 0,
                  overrides: dict[str, Any] | None = None, overrides_key: str = "",
-                 precision: Precision = "fp32", mid: str = "") -> None:
+                 precision: Precision = "fp32", mid: str = "", backbone: str = LITE0) -> None:
         self.runtime = runtime
+        self.backbone_name = backbone
+        #: Side of the square pictures the backbone takes (taggers/backbone_specs.py).
+        self.image_size = spec(backbone).image_size
         #: Mid-level features appended to the 1280-d descriptor (taggers/backbone.py `parse_mid`).
         self.mid = mid
         self.precision = precision
@@ -149,11 +158,12 @@ class ImageFeaturizer:
     def backbone_key(self) -> str:
         """Identifies the backbone weights (ImageNet ones plus any fine-tuned overrides) and its outputs."""
         mid = f":mid={self.mid}" if self.mid else ""
-        h = hashlib.sha256(f"{weights.EFFNET_LITE0_SHA256}:{self.overrides_key}{mid}".encode())
+        h = hashlib.sha256(f"{weights.EFFNET_WEIGHTS[self.backbone_name][3]}:{self.overrides_key}{mid}".encode())
         return h.hexdigest()[:16]
 
     def onnx_path(self) -> Path:
-        return cache_dir() / "onnx" / f"effnet-lite0-{self.backbone_key}-{_ONNX_FORMAT}.onnx"
+        short = self.backbone_name.replace("efficientnet-", "effnet-")
+        return cache_dir() / "onnx" / f"{short}-{self.backbone_key}-{_ONNX_FORMAT}.onnx"
 
     def runner(self) -> Any:
         with self._lock:
@@ -173,7 +183,8 @@ class ImageFeaturizer:
         from taggers.backbone import TorchBackbone, load_backbone
 
         set_threads(self.threads)
-        return TorchBackbone(load_backbone(self.overrides), self.mid), "torch"
+        model = load_backbone(self.overrides, self.backbone_name)
+        return TorchBackbone(model, self.mid, self.backbone_name), "torch"
 
     def _onnx(self) -> OnnxBackbone:
         import onnxruntime  # noqa: F401 - fail before a pointless export
@@ -184,7 +195,7 @@ class ImageFeaturizer:
 
             log.info("exporting the image backbone to ONNX at %s (once)", path)
             set_threads(self.threads)
-            export_onnx(load_backbone(self.overrides), path, self.mid)
+            export_onnx(load_backbone(self.overrides, self.backbone_name), path, self.mid, self.backbone_name)
         return OnnxBackbone(self._int8(path) if self.precision == "int8" else path, self.threads)
 
     def _int8(self, fp32: Path) -> Path:
@@ -194,7 +205,7 @@ class ImageFeaturizer:
         try:
             if not int8_path(fp32).is_file():
                 log.info("quantising the image backbone to int8 (once)")
-            path = quantize_backbone(fp32)
+            path = quantize_backbone(fp32, self.image_size)
             self.precision_used = "int8"
             return path
         except Exception as err:  # noqa: BLE001 - fp32 is always a correct answer
@@ -204,18 +215,16 @@ class ImageFeaturizer:
 
     @property
     def backbone_dim(self) -> int:
-        from taggers.backbone import mid_dim
-
-        return BACKBONE_DIM + (mid_dim(self.mid) if self.mid else 0)
+        return BACKBONE_DIM + (mid_dim(self.mid, self.backbone_name) if self.mid else 0)
 
     def backbone(self, batch: np.ndarray) -> np.ndarray:
-        """Pooled backbone descriptors (N, 1280 + mid-level) of squared uint8 pictures (N, 224, 224, 3)."""
+        """Pooled backbone descriptors (N, 1280 + mid-level) of squared uint8 pictures (N, side, side, 3)."""
         run = self.runner()
         out = [run(normalise(batch[i: i + self.batch_size])) for i in range(0, len(batch), self.batch_size)]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.backbone_dim), np.float32)
 
     def arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Backbone + colour features of squared uint8 pictures (N, 224, 224, 3). The colour
+        """Backbone + colour features of squared uint8 pictures (N, side, side, 3). The colour
         features (single-threaded numpy, ~25% of embedding time) run on a helper thread while
         the backbone runs, since ONNX Runtime leaves part of the second core idle."""
         colour = self._helper().submit(colour_batch, batch)
@@ -228,7 +237,7 @@ class ImageFeaturizer:
             return self._colour_pool
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
-        out = [self.arrays(np.stack([to_square(im) for im in images[i: i + self.batch_size]]))
+        out = [self.arrays(np.stack([to_square(im, self.image_size) for im in images[i: i + self.batch_size]]))
                for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.backbone_dim + COLOUR_DIM), np.float32)
 
@@ -296,15 +305,24 @@ class OfflineEmbedder:
     def model_id(self) -> str:
         # int8 vectors are close to fp32's but not equal: a collection must not mix them.
         quantised = self.precision == "int8" and self.runtime != "torch"
-        return f"{MODEL_PREFIX}:{weights.file_sha256(self.verified_heads)[:12]}" + ("-int8" if quantised else "")
+        prefix = model_prefix(self._header_config().get("backbone", LITE0))
+        return f"{prefix}:{weights.file_sha256(self.verified_heads)[:12]}" + ("-int8" if quantised else "")
 
     @property
     def dim(self) -> int:
-        meta = safetensors_header(self.verified_heads).get("__metadata__") or {}
         try:
-            return int(json.loads(meta["toolkit"])["config"]["dim"])
+            return int(self._header_config()["dim"])
         except (KeyError, ValueError, TypeError):
             raise ModelError(f"{self.verified_heads}: not a toolkit heads file; retrain it with `toolkit model train`") from None
+
+    def _header_config(self) -> dict[str, Any]:
+        """The architecture recorded in the heads file's header ({} if unreadable)."""
+        meta = safetensors_header(self.verified_heads).get("__metadata__") or {}
+        try:
+            config = json.loads(meta["toolkit"])["config"]
+        except (KeyError, ValueError, TypeError):
+            return {}
+        return config if isinstance(config, dict) else {}
 
     # ---- lazy loading ----
     def heads(self) -> "Heads":
@@ -313,7 +331,8 @@ class OfflineEmbedder:
                 self._heads, overrides = self._load_heads()
                 self._images = ImageFeaturizer(self.runtime, self.batch_size, self.threads, overrides,
                                                weights.file_sha256(self.verified_heads) if overrides else "",
-                                               self.precision, self._heads.cfg.mid_features)
+                                               self.precision, self._heads.cfg.mid_features,
+                                               self._heads.cfg.backbone)
             return self._heads
 
     def _load_heads(self) -> tuple["Heads", dict[str, Any]]:

@@ -23,7 +23,7 @@ def int8_path(fp32: Path) -> Path:
     return fp32.with_name(f"{fp32.stem}-int8-{VERSION}.onnx")
 
 
-def calibration_batches(batch: int = 16) -> Iterator[np.ndarray]:
+def calibration_batches(batch: int = 16, size: int = 224) -> Iterator[np.ndarray]:
     """Normalised NCHW batches of the calibration photos, each followed by its mirror images."""
     from PIL import Image
 
@@ -32,13 +32,13 @@ def calibration_batches(batch: int = 16) -> Iterator[np.ndarray]:
     photos = sorted(CALIBRATION.glob("*.jpg"))
     if not photos:
         raise FileNotFoundError(f"no calibration photos in {CALIBRATION}")
-    arrs = np.stack([to_square(Image.open(p)) for p in photos])
+    arrs = np.stack([to_square(Image.open(p), size) for p in photos])
     for i in range(0, len(arrs), batch):
         yield normalise(arrs[i:i + batch])
         yield normalise(np.ascontiguousarray(arrs[i:i + batch, :, ::-1]))
 
 
-def quantize_backbone(fp32: Path) -> Path:
+def quantize_backbone(fp32: Path, size: int = 224) -> Path:
     """Write the int8 model next to the fp32 one (once; under a temporary name, then renamed)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -50,7 +50,7 @@ def quantize_backbone(fp32: Path) -> Path:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = calibration_batches()
+            self.batches = calibration_batches(size=size)
 
         def get_next(self) -> dict | None:
             x = next(self.batches, None)

