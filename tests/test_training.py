@@ -120,7 +120,8 @@ def test_cli_train_command_is_thin_and_reports_user_errors(tmp_path, shared_data
     result = runner.invoke(app, ["train", "--images", str(shared_data / "images"), "--catalog",
                                  str(shared_data / "styles.csv"), "--backbone", "resnet50"])
     assert isinstance(result.exception, ModelError)
-    assert "unknown image backbone 'resnet50'" in str(result.exception) and "efficientnet-lite2" in str(result.exception)
+    message = str(result.exception)
+    assert "unknown image backbone 'resnet50'" in message and "efficientnet-lite2" in message
 
 
 def test_fine_tuned_last_block_travels_in_the_heads_file(shared_data, tmp_path, monkeypatch, photo) -> None:

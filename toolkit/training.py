@@ -61,8 +61,6 @@ COMBOS = [
 ]
 CAPTION_WEIGHTS = {"title": 0.6, "prompt": 0.2, "combo": 0.2}
 LITE0_BLOCKS = 16
-#: Lite0's default mid-level features (taggers/backbone_specs.py has each backbone's).
-MID_FEATURES = "4,7,10,14/mask"
 REQUIRED_COLUMNS = {"id", "productDisplayName", *GROUP_COLUMNS.values()}
 
 
@@ -242,7 +240,7 @@ def image_features(paths: list[Path], featurizer, folder: Path, flip: bool,
 
     bb = _cached_rows(folder / f"backbone-{featurizer.backbone_key}.npz", hashes, backbone, ("feats", "mirror"))
     # Colour is read from the pictures the backbone sees, so its cache is per picture size.
-    col_name = f"colour-{COLOUR_VERSION}" + ("" if size == 224 else f"-{size}px")
+    col_name = f"colour-{COLOUR_VERSION}" + ("" if size == spec(LITE0).image_size else f"-{size}px")
     col = _cached_rows(folder / f"{col_name}.npz", hashes, colour, ("feats",))["feats"]
     feats = np.concatenate([bb["feats"], col], axis=1)
     return feats, (np.concatenate([bb["mirror"], col], axis=1) if flip else None)
@@ -679,8 +677,8 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     save_heads(heads, out, backbone_state)
     sha = weights.sha256_file(out)
     write_sidecar(out, sha, heads_cfg, cfg, rows, excluded, len(caps.texts), loss)
-    return TrainReport(out=Path(out), sha256=sha, model_id=f"{model_prefix(cfg.backbone)}:{sha[:12]}", n_train=len(rows),
-                       n_captions=len(caps.texts), epochs=cfg.epochs, final_loss=loss,
+    return TrainReport(out=Path(out), sha256=sha, model_id=f"{model_prefix(cfg.backbone)}:{sha[:12]}",
+                       n_train=len(rows), n_captions=len(caps.texts), epochs=cfg.epochs, final_loss=loss,
                        seconds=time.time() - t0, excluded_eval=excluded)
 
 
