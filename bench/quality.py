@@ -205,7 +205,7 @@ def main() -> None:
     ev_l0, _ = image_features([images / f"{r['id']}.jpg" for r in ev], lite0, cache, False, say)
     result["image_to_image"] = {"model": image_to_image(emb, ev),
                                 "raw_effnet": image_to_image(l2(ev_l0[:, :BACKBONE_DIM]), ev)}
-    if feat.image_size != lite0.image_size:
+    if model.heads().cfg.backbone != LITE0:
         result["image_to_image"]["raw_model_backbone"] = image_to_image(l2(ev_f[:, :BACKBONE_DIM]), ev)
     gal = ev[:GALLERY]
     result["text_to_image"] = text_to_image(emb[:GALLERY], model.embed_texts([r["productDisplayName"] for r in gal]))
