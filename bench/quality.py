@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from taggers.clip_local import LocalTagger  # noqa: E402
 from taggers.backbone_specs import LITE0, spec  # noqa: E402
 from taggers.offline_model import BACKBONE_DIM, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
+from toolkit.evaluation import query_ceilings  # noqa: E402
 from toolkit.split import rows_for, train_rows  # noqa: E402
 from toolkit.training import image_features  # noqa: E402
 
@@ -80,12 +81,18 @@ def attribute_queries(model: OfflineEmbedder, img: np.ndarray, rows: list[dict],
     top = np.argsort(-(q @ img.T), axis=1)[:, :k]
     out: dict = {"queries": len(queries)}
     every = np.ones_like(top, dtype=bool)
-    for i, attr in enumerate(["gender", "baseColour", "articleType"]):
-        labels = np.array([r[attr] for r in rows])
-        hit = labels[top] == np.array([t[i] for t in queries])[:, None]
+    named = ["gender", "baseColour", "articleType"]
+    labels = {a: np.array([r[a] for r in rows], dtype=object) for a in named}
+    asked = {a: np.array([t[i] for t in queries], dtype=object) for i, a in enumerate(named)}
+    for attr in named:
+        hit = labels[attr][top] == asked[attr][:, None]
         out[attr] = round(float(hit.mean()), 4)
         every &= hit
     out["all_three"] = round(float(every.mean()), 4)
+    out["mean"] = round(float(np.mean([out[a] for a in named])), 4)
+    # The best any ranking could do with this gallery's labels (toolkit/evaluation.py).
+    best = query_ceilings(labels, asked, k)
+    out["ceiling"] = {**{a: best[a] for a in named}, "all_three": best["all"], "mean": best["mean"]}
     return out
 
 
@@ -150,13 +157,14 @@ def features_of(model: OfflineEmbedder):
     return Int8()
 
 
-def throughput(paths: list[Path], heads: Path | None, threads: int) -> dict:
+def throughput(paths: list[Path], heads: Path | None, threads: int, precision: str) -> dict:
+    """Images per second at the given precision (ONNX Runtime; PyTorch runs fp32 whatever it is)."""
     from PIL import Image
 
     images = [Image.open(p).convert("RGB") for p in paths]
-    out = {}
+    out: dict = {"precision": precision}
     for runtime in ("onnx", "torch"):
-        model = OfflineEmbedder(heads, runtime=runtime, batch_size=32, threads=threads)
+        model = OfflineEmbedder(heads, runtime=runtime, batch_size=32, threads=threads, precision=precision)
         model.embed_images(images[:32])  # load, export, warm up
         t = time.perf_counter()
         model.embed_images(images)
@@ -221,7 +229,8 @@ def main() -> None:
         result["linear_probe_accuracy_raw"] = probe_acc
     if not args.no_speed:
         say("throughput ...")
-        result["throughput"] = throughput([images / f"{r['id']}.jpg" for r in ev[:256]], args.heads, args.threads)
+        result["throughput"] = throughput([images / f"{r['id']}.jpg" for r in ev[:256]], args.heads, args.threads,
+                                          args.precision)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_table(result)
@@ -238,7 +247,11 @@ def print_table(r: dict) -> None:
     print(f"\ntext-to-image (title, {t['gallery']} gallery): R@1 {t['recall@1']:.3f}  R@10 {t['recall@10']:.3f}  MRR {t['mrr']:.3f}")
     q = r["attribute_queries@10"]
     print(f"attribute queries P@10 ({q['queries']} queries): gender {q['gender']:.3f}  colour {q['baseColour']:.3f}  "
-          f"articleType {q['articleType']:.3f}  all three {q['all_three']:.3f}")
+          f"articleType {q['articleType']:.3f}  all three {q['all_three']:.3f}  mean {q['mean']:.3f}")
+    if "ceiling" in q:
+        b = q["ceiling"]
+        print(f"  best possible with these labels:   gender {b['gender']:.3f}  colour {b['baseColour']:.3f}  "
+              f"articleType {b['articleType']:.3f}  all three {b['all_three']:.3f}  mean {b['mean']:.3f}")
     print("\ntag accuracy (best label)   acc    cov@thr  acc@thr  most confused")
     for g, res in r["tag_accuracy"].items():
         print(f"  {g:24s} {res['accuracy']:.3f}  {res['coverage@threshold']:.3f}    {res['accuracy@threshold']:.3f}    "
@@ -248,7 +261,8 @@ def print_table(r: dict) -> None:
               ", ".join(f"{k} {v:.3f}" for k, v in r["linear_probe_accuracy_raw"].items()))
     if "throughput" in r:
         s = r["throughput"]
-        print(f"\nthroughput ({s['threads']} threads, incl. colour features and heads): onnx {s['onnx_images_per_s']} img/s, "
+        print(f"\nthroughput ({s['threads']} threads, {s.get('precision', 'fp32')}, incl. colour features and heads): "
+              f"onnx {s['onnx_images_per_s']} img/s, "
               f"torch {s['torch_images_per_s']} img/s, text {s['texts_per_s']} texts/s")
 
 

@@ -14,8 +14,9 @@ import pytest
 
 from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_products_csv
 from toolkit.errors import ConfigError
-from toolkit.evaluation import (attribute_query_labels, confusion, failed_gates, metric_names, parse_gate, pca_2d,
-                                precision_at, tag_scores, text_metrics, text_ranks, top_neighbours)
+from toolkit.evaluation import (attribute_query_labels, confusion, failed_gates, image_ceilings, metric_names,
+                                parse_gate, pca_2d, precision_at, query_ceilings, tag_scores, text_metrics, text_ranks,
+                                top_for_queries, top_neighbours)
 
 TOOLKIT = str(Path(sys.executable).parent / "toolkit")
 
@@ -45,6 +46,70 @@ def test_a_query_without_a_label_is_left_out_and_a_result_without_one_is_wrong()
     labels = {"kind": np.array(["x", "", "x"], dtype=object)}
     # query 0 -> 1 (unlabelled result: wrong), query 1 skipped, query 2 -> 0 (right)
     assert precision_at(top, labels, ks=(1,))["kind"] == {"p@1": 0.5}
+
+
+def labels_of(*rows: str) -> dict[str, np.ndarray]:
+    """{"g": ..., "c": ...} from rows written "g c" ("-" for no label)."""
+    cols = list(zip(*(r.split() for r in rows)))
+    return {name: np.array(["" if v == "-" else v for v in col], dtype=object) for name, col in zip("gc", cols)}
+
+
+def test_image_ceilings_count_the_photos_that_share_each_label():
+    labels = labels_of("m black", "m black", "m red", "w red", "w -")
+    c = image_ceilings(labels, ks=(1, 2))
+    # g: m has 2 others, w 1 other -> p@1 all 1; p@2: (2+2+2+1+1)/2/5
+    assert c["g"] == {"p@1": 1.0, "p@2": 0.8}
+    # c (the unlabelled photo is no query): black 1 other each, red 1 each -> p@1 1.0, p@2 0.5
+    assert c["c"] == {"p@1": 1.0, "p@2": 0.5}
+    # both: (m, black) twice -> 1 other; (m, red) and (w, red) alone -> 0; (w, -) is no query
+    assert c["all"] == {"p@1": 0.5, "p@2": 0.25}
+
+
+def test_no_ranking_beats_the_image_ceiling_and_a_perfect_one_meets_it():
+    rng = np.random.default_rng(0)
+    kind = np.array(rng.choice(list("abcdefg"), 60, p=[.3, .2, .2, .1, .1, .05, .05]), dtype=object)
+    side = np.array(rng.choice(list("lr"), 60), dtype=object)
+    labels = {"kind": kind, "side": side}
+    ceil = image_ceilings(labels)
+    for _ in range(5):
+        got = precision_at(top_neighbours(unit(rng.normal(size=(60, 8))), 10), labels)
+        assert all(got[a][k] <= ceil[a][k] for a in ceil for k in ceil[a])
+    # photos of one kind and side on one spot: every photo's nearest are its own kind first
+    key = [f"{k}{s}" for k, s in zip(kind, side)]
+    spots = {k: rng.normal(size=8) for k in sorted(set(key))}
+    perfect = precision_at(top_neighbours(unit([spots[k] + 1e-3 * rng.normal(size=8) for k in key]), 10), labels)
+    assert perfect["all"] == ceil["all"]
+
+
+def test_query_ceilings_match_a_hand_worked_case():
+    # gallery of 6; one query ("m", "black")
+    labels = labels_of("m black", "m black", "m red", "m red", "w black", "w red")
+    query = {"g": np.array(["m"], dtype=object), "c": np.array(["black"], dtype=object)}
+    c = query_ceilings(labels, query, k=3)
+    # alone: 4 men, 3 black -> 1.0 each; both: 2 photos -> 2/3;
+    # one top 3 for both: the two (m, black) photos (2 labels each) and one with one label -> 5 / (3 x 2)
+    assert c == {"g": 1.0, "c": 1.0, "all": 0.6667, "mean": 0.8333}
+
+
+def test_no_ranking_beats_the_query_ceiling_and_best_match_ordering_meets_it():
+    rng = np.random.default_rng(1)
+    g = np.array(rng.choice(["m", "w", "u"], 80, p=[.5, .4, .1]), dtype=object)
+    c = np.array(rng.choice(["black", "red", "navy", "teal"], 80, p=[.4, .3, .2, .1]), dtype=object)
+    labels = {"g": g, "c": c}
+    combos = sorted({(a, b) for a, b in zip(g, c)})
+    query = {"g": np.array([a for a, _ in combos], dtype=object), "c": np.array([b for _, b in combos], dtype=object)}
+    ceil = query_ceilings(labels, query, k=10)
+    for _ in range(5):
+        top = top_for_queries(unit(rng.normal(size=(len(combos), 6))), unit(rng.normal(size=(80, 6))), 10)
+        got = precision_at(top, labels, ks=(10,), query_labels=query)
+        assert all(got[a]["p@10"] <= ceil[a] for a in ("g", "c", "all"))
+        assert np.mean([got[a]["p@10"] for a in ("g", "c")]) <= ceil["mean"]
+    # ranking each query's photos by how many of its labels they carry reaches the joint ceiling
+    named = (g[None, :] == query["g"][:, None]).astype(int) + (c[None, :] == query["c"][:, None])
+    top = np.argsort(-named, axis=1, kind="stable")[:, :10]
+    got = precision_at(top, labels, ks=(10,), query_labels=query)
+    assert np.mean([got[a]["p@10"] for a in ("g", "c")]) == pytest.approx(ceil["mean"], abs=1e-4)
+    assert got["all"]["p@10"] == pytest.approx(ceil["all"], abs=1e-4)
 
 
 def test_text_ranks_recall_and_mrr_match_a_hand_worked_case():
@@ -162,6 +227,9 @@ def test_evaluate_scores_real_photos_and_leaves_the_users_store_as_it_was(user_t
                "season": "season", "master_category": "masterCategory"}
     assert set(report.metrics) == metric_names(columns)
     assert all(0.0 <= v <= 1.0 for v in report.metrics.values())
+    ranked = {k for k in report.metrics if k.startswith(("image.", "query."))}
+    assert set(report.ceilings) == ranked
+    assert all(report.metrics[k] <= report.ceilings[k] <= 1.0 for k in ranked)
     assert report.attribute_queries > 0
     json.dumps(to_jsonable(report))  # JSON-able as it stands
 
@@ -201,6 +269,7 @@ def test_html_report_holds_the_plots_and_the_pictures(settings, shared_data, pho
     for plot in ("<svg class=bars", "<svg class=confusion", "<svg class=map"):
         assert plot in page
     assert page.count("<svg class=confusion") == len(report.tags)
+    assert page.count(f"<td class=v>{report.ceilings['query.mean.p@10']:.3f}</td>") >= 1
     assert page.count("<circle") == len(report.map["x"]) == 40
     strip = sum(1 + len(ex["hits"]) for ex in report.examples)
     assert strip == 6 * 6
@@ -227,6 +296,7 @@ def test_cli_gates_exit_1_naming_each_failed_metric(shared_data, photos, tmp_pat
     assert failed[0].startswith("failed gate: image.articleType.p@5 = ") and failed[0].endswith(" < 1.5")
     assert failed[1].startswith("failed gate: tags.gender.accuracy = ")
     assert "image p@5" in res.stdout and "text (title -> photo)" in res.stdout
+    assert "best p@10" in res.stdout and "query mean p@10" in res.stdout
     saved = json.loads((tmp_path / "rep" / "eval.json").read_text(encoding="utf-8"))
     assert saved["items"] == 30 and saved["model_id"] != ColourEmbedder.model_id
     assert (tmp_path / "rep" / "eval.html").is_file()

@@ -14,9 +14,16 @@ a result must match every one of them:
     text.mrr                      mean of 1 / rank of the title's own photo
     query.ATTR.p@10               "Men Black Casual Shoes" from the labels (triples held by 2+ photos):
                                   share of the top 10 with each named label
+    query.mean.p@10               the mean of the attributes' query.ATTR.p@10
     tags.COLUMN.accuracy          the local tagger's best label (no threshold) equals the catalog's
     tags.COLUMN.coverage          share of photos given a stored tag (confidence over the threshold)
     tags.COLUMN.accuracy@threshold  share of stored tags that are right
+
+`EvalReport.ceilings` holds, for the image and query metrics, the best figure any ranking
+could reach on these labels: a photo whose label only 3 others share scores at most 3/5 at
+p@5, and a query whose every label only 3 photos share at most 0.3 for `all`. query.ATTR's
+ceiling is that attribute's alone; query.mean's is that of all of them at once, since a top 10
+filled with one attribute's matches can crowd out another's.
 """
 from __future__ import annotations
 
@@ -75,6 +82,8 @@ class EvalReport:
     attributes: list[str]
     skipped: list[str] = field(default_factory=list)
     attribute_queries: int = 0
+    #: metric name -> the best any ranking could score on these labels (image.* and query.*)
+    ceilings: dict[str, float] = field(default_factory=dict)
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)
     tags: dict[str, dict] = field(default_factory=dict)
     map: dict[str, list] = field(default_factory=dict)
@@ -242,6 +251,63 @@ def _at_k(same: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     return {f"p@{k}": round(float(same[:, :k].mean()), 4) for k in ks}
 
 
+def image_ceilings(labels: dict[str, np.ndarray], ks: Sequence[int] = KS) -> dict[str, dict[str, float]]:
+    """Per attribute (and `all`), the best precision@k of each photo querying the others: a
+    photo whose label n others share can have at most min(n, k) right among its top k."""
+    keys = dict(labels)
+    if len(labels) > 1:
+        keys["all"] = np.array(["\x1f".join(row) if all(row) else "" for row in zip(*labels.values())], dtype=object)
+    n = len(next(iter(labels.values()), []))
+    out = {}
+    for attr, gallery in keys.items():
+        counts = Counter(gallery)
+        others = np.array([counts[g] - 1 for g in gallery if g != ""], dtype=np.float64)
+        out[attr] = {f"p@{k}": _ceiling(others, min(k, n - 1)) for k in ks}
+    return out
+
+
+def query_ceilings(labels: dict[str, np.ndarray], query_labels: dict[str, np.ndarray],
+                   k: int = 10) -> dict[str, float]:
+    """The best precision@k for label queries: per attribute alone (min(photos with it, k) / k),
+    for `all` (photos with every label), and for `mean`: the mean over attributes when one top k
+    has to serve them all, which the k photos matching the most named labels reach."""
+    attrs = list(labels)
+    rows = list(zip(*labels.values()))
+    kinds = Counter(rows)  # photos grouped by their label tuple: a few hundred kinds, not N photos
+    tuples = np.array(list(kinds), dtype=object).reshape(len(kinds), len(attrs))
+    sizes = np.array(list(kinds.values()), dtype=np.int64)
+    n_q = len(next(iter(query_labels.values()), []))
+    out = {a: 0.0 for a in attrs} | {"all": 0.0, "mean": 0.0}
+    if n_q == 0 or not rows:
+        return out
+    k = min(k, len(rows))
+    for q in range(n_q):
+        match = np.stack([tuples[:, i] == query_labels[a][q] for i, a in enumerate(attrs)])  # attrs x kinds
+        for i, a in enumerate(attrs):
+            out[a] += min(int(sizes[match[i]].sum()), k) / k
+        out["all"] += min(int(sizes[match.all(axis=0)].sum()), k) / k
+        out["mean"] += _best_total(match.sum(axis=0), sizes, k) / (k * len(attrs))
+    return {name: round(total / n_q, 4) for name, total in out.items()}
+
+
+def _best_total(named: np.ndarray, sizes: np.ndarray, k: int) -> int:
+    """Named labels matched by the k photos that match the most of them."""
+    total, left = 0, k
+    for i in np.argsort(-named, kind="stable"):
+        take = min(int(sizes[i]), left)
+        total += take * int(named[i])
+        left -= take
+        if left == 0:
+            break
+    return total
+
+
+def _ceiling(others: np.ndarray, k: int) -> float:
+    if others.size == 0 or k < 1:
+        return 0.0
+    return round(float(np.minimum(others, k).mean() / k), 4)
+
+
 def text_ranks(img: np.ndarray, txt: np.ndarray, own: Sequence[int]) -> np.ndarray:
     """1-based rank of photo `own[i]` among all photos for title i (ties counted in its favour)."""
     own = np.asarray(own, dtype=np.int64)
@@ -361,6 +427,8 @@ def _score(report: EvalReport, tk: "Toolkit", tagger, columns: dict[str, str], i
     if attrs:
         for attr, by_k in precision_at(top, labels).items():
             report.metrics.update({f"image.{attr}.{k}": v for k, v in by_k.items()})
+        for attr, by_k in image_ceilings(labels).items():
+            report.ceilings.update({f"image.{attr}.{k}": v for k, v in by_k.items()})
     titled = [i for i, it in enumerate(items) if it.title]
     if titled:
         # Untitled photos stay in the gallery: a title's photo is ranked among all of them.
@@ -383,6 +451,11 @@ def _score_attribute_queries(report: EvalReport, tk: "Toolkit", items: list[Labe
     query_labels = {a: np.array([_norm(c[i]) for c in combos], dtype=object) for i, a in enumerate(attrs)}
     for attr, by_k in precision_at(top, labels, ks=(10,), query_labels=query_labels).items():
         report.metrics[f"query.{attr}.p@10"] = by_k["p@10"]
+    if len(attrs) > 1:
+        report.metrics["query.mean.p@10"] = round(float(np.mean([report.metrics[f"query.{a}.p@10"] for a in attrs])), 4)
+    scored = {f"query.{a}.p@10" for a in [*attrs, "all", "mean"]} & set(report.metrics)
+    report.ceilings.update({f"query.{name}.p@10": v for name, v in query_ceilings(labels, query_labels, 10).items()
+                            if f"query.{name}.p@10" in scored})
 
 
 def _score_tags(report: EvalReport, tagger, columns: dict[str, str], items: list[LabelledItem],
@@ -461,6 +534,7 @@ def metric_names(columns: dict[str, str]) -> set[str]:
     attrs = [columns[g] for g in RETRIEVAL_GROUPS if g in columns]
     scored = attrs + (["all"] if len(attrs) > 1 else [])
     names = {f"image.{a}.p@{k}" for a in scored for k in KS} | {f"query.{a}.p@10" for a in scored}
+    names |= {"query.mean.p@10"} if len(attrs) > 1 else set()
     names |= {"text.recall@1", "text.recall@10", "text.mrr"}
     return names | {f"tags.{c}.{k}" for c in columns.values() for k in ("accuracy", "coverage", "accuracy@threshold")}
 

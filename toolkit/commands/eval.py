@@ -38,10 +38,12 @@ def eval_(
       text.mrr                   title query: mean 1/rank of own photo
       query.ATTR.p@10            "Men Black Casual Shoes": top-10 share
                                  with the named label
+      query.mean.p@10            the mean of the three query.ATTR.p@10
       tags.COL.accuracy          tagger's best label is the catalog's
       tags.COL.coverage          share tagged over the threshold
       tags.COL.accuracy@threshold  share of those tags that are right
     (COL: articleType, baseColour, gender, masterCategory, usage, season)
+    The "best" rows: the most any ranking could score with these labels.
 
     \b
     Example: --fail-under image.articleType.p@5=0.85
@@ -86,16 +88,22 @@ def _write(report: EvalReport, out_dir: Path) -> None:
 
 def print_table(r: EvalReport) -> None:
     out.print(f"model {r.model_id}: {r.items} photos ({r.split} split), {r.attribute_queries} attribute queries, "
-              f"{len(r.skipped)} skipped, {r.seconds:.0f} s", highlight=False)
+              f"{len(r.skipped)} skipped, {r.seconds:.0f} s", highlight=False, soft_wrap=True)
     m = r.metrics
     attrs = r.attributes + (["all"] if len(r.attributes) > 1 else [])
     t = Table("retrieval", *attrs, title=None, box=None, pad_edge=False)
+    best = r.ceilings
     for k in ("p@1", "p@5", "p@10"):
         t.add_row(f"image {k}", *[_cell(m, f"image.{a}.{k}") for a in attrs])
+    t.add_row("  best p@5", *[_cell(best, f"image.{a}.p@5") for a in attrs])
     t.add_row("query p@10", *[_cell(m, f"query.{a}.p@10") for a in attrs])
+    t.add_row("  best p@10", *[_cell(best, f"query.{a}.p@10") for a in attrs])
     out.print(t)
+    if "query.mean.p@10" in m:
+        out.print(f"query mean p@10 {_cell(m, 'query.mean.p@10')} (best possible {_cell(best, 'query.mean.p@10')}: "
+                  "one top 10 has to match every named label)", highlight=False, soft_wrap=True)
     out.print(f"text (title -> photo): recall@1 {_cell(m, 'text.recall@1')}  recall@10 {_cell(m, 'text.recall@10')}"
-              f"  mrr {_cell(m, 'text.mrr')}", highlight=False)
+              f"  mrr {_cell(m, 'text.mrr')}", highlight=False, soft_wrap=True)
     tags = Table("tags", "accuracy", "coverage", "acc@thr", "most confused", box=None, pad_edge=False)
     for col, s in r.tags.items():
         confused = "; ".join(f"{c['truth']} -> {c['predicted']} ({c['n']})" for c in s["most_confused"][:3])
