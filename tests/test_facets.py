@@ -63,3 +63,19 @@ def test_a_changed_store_is_rescanned_in_the_background_while_callers_get_the_la
         assert time.monotonic() < deadline, "the background rescan never finished"
         time.sleep(0.01)
     assert store.scans == 2
+
+
+def test_another_store_of_the_same_size_is_scanned_too():
+    """After the service moves to a new collection (a reindex: the same items, so the same count),
+    its facets are read from the new store, not kept from the old one."""
+    old, new = CountingStore(), CountingStore()
+    new.records = [("a", {"media_id": "a", "tag_season": "Winter"})]
+    in_use = [old]
+    cache = FacetCache(lambda: in_use[0], ttl=3600)
+    assert set(cache.get().tags) == {"colour"}
+    in_use[0] = new
+    deadline = time.monotonic() + 10
+    while set(cache.get().tags) != {"season"}:
+        assert time.monotonic() < deadline, "the new store was never scanned"
+        time.sleep(0.01)
+    assert (old.scans, new.scans) == (1, 1)

@@ -344,6 +344,62 @@ def test_cli_reindex_collections_and_errors(tagged, settings, models, monkeypatc
     assert [c["name"] for c in json.loads(out)] == [OLD]
 
 
+def test_a_running_search_service_follows_a_switch_made_elsewhere(tagged, settings, models, source, photo_rows,
+                                                                   monkeypatch):
+    """`toolkit serve` keeps running while another shell re-indexes: its searches move to the new
+    collection and model once the switch is made, and back after `collections use`."""
+    import httpx
+
+    from tests.service_helpers import running_server
+    from toolkit import current
+    from toolkit.api import create_app
+
+    monkeypatch.setattr(current, "CHECK_EVERY", 0.0)  # read the pointer on every request
+    photo = (source / f"{photo_rows[2]['id']}.jpg").read_bytes()
+    with running_server(create_app(Toolkit(settings))) as url, httpx.Client(base_url=url, timeout=60) as client:
+        def state() -> tuple[str, str, int]:
+            body = client.get("/api/health").json()
+            return body["store"]["collection"], body["model"]["id"], body["model"]["dim"]
+
+        def top_hit() -> dict:
+            res = client.post("/api/search/image", files={"file": ("q.jpg", photo, "image/jpeg")}, data={"k": "3"})
+            assert res.status_code == 200, res.text
+            return res.json()["hits"][0]
+
+        assert state() == (OLD, ColourEmbedder.model_id, 192)
+        assert top_hit()["product_id"] == f"P{photo_rows[2]['id']}"
+
+        Toolkit(settings).reindex("clip")  # as `toolkit reindex clip` from another shell
+        new = target_of(SmallEmbedder.model_id)
+        assert state() == (new, SmallEmbedder.model_id, 48)
+        before = embedded_by(models, SmallEmbedder.model_id)
+        hit = top_hit()
+        # The query was embedded by the new model and matched against its own vectors.
+        assert embedded_by(models, SmallEmbedder.model_id) == before + 1
+        assert hit["product_id"] == f"P{photo_rows[2]['id']}" and hit["score"] == pytest.approx(1.0, abs=1e-4)
+        facets = client.get("/api/facets").json()
+        assert facets["fields"], facets
+
+        Toolkit(settings).use_collection(OLD)
+        assert state() == (OLD, ColourEmbedder.model_id, 192)
+        assert top_hit()["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_an_in_flight_request_keeps_the_toolkit_it_started_with(tagged, settings, models):
+    from toolkit.current import CurrentToolkit
+
+    current = CurrentToolkit(Toolkit(settings), every=0.0)
+    first = current.get()
+    assert first.collection == OLD and current.get() is first  # nothing moved: the same Toolkit
+    Toolkit(settings).reindex("clip")
+    after = current.get()
+    assert after is not first and after.collection == target_of(SmallEmbedder.model_id)
+    assert after.embedder.model_id == SmallEmbedder.model_id
+    # The request that got `first` before the switch still searches the old collection with the old model.
+    assert first.collection == OLD and first.embedder.model_id == ColourEmbedder.model_id
+    assert first.search(text="shirt", k=3)
+
+
 def test_collections_commands_need_no_model(tagged, settings, models):
     """The real `toolkit` process: list, use and drop touch only the store."""
     report = Toolkit(settings).reindex("clip")

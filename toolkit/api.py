@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from toolkit.core import Toolkit
+from toolkit.current import CurrentToolkit
 from toolkit.errors import (ConfigError, MediaError, ModelError, ModelMismatchError, NotFoundError, QueryError,
                             StoreError, ToolkitError)
 from toolkit.facets import FacetCache, Facets
@@ -187,14 +188,17 @@ def build_where(options: SearchOptions, facets: Facets | None) -> dict[str, obje
 # -- the app ---------------------------------------------------------------------------------------
 
 def create_app(toolkit: Toolkit | None = None) -> FastAPI:
-    """The search service over `toolkit` (default: one built from the environment and .env)."""
+    """The search service over `toolkit` (default: one built from the environment and .env).
+    It follows the collection pointer (toolkit/current.py): after a `toolkit reindex` or
+    `toolkit collections use` elsewhere, searches move to the new collection within seconds."""
     tk = toolkit or Toolkit()
+    current = CurrentToolkit(tk)
     upload_limit = int(tk.settings.max_upload_mb * MiB)
-    facets = FacetCache(lambda: tk.store)
-    media = MediaServer(lambda: tk.store, tk.settings)
+    facets = FacetCache(lambda: current.get().store)
+    media = MediaServer(lambda: current.get().store, tk.settings)
     app = FastAPI(title="toolkit search", version="1",
                   description="Search a tagged product catalog by text, photo, or a product already in it.")
-    app.state.toolkit = tk
+    app.state.current = current
     app.add_middleware(BodyLimit, limits={"/api/search/image": upload_limit + MULTIPART_SLACK},
                        default=JSON_BODY_LIMIT, message=_too_large(tk.settings.max_upload_mb))
     _add_error_handlers(app)
@@ -209,10 +213,11 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
     @app.get("/api/health", response_model=Health, responses=errors(503), tags=["service"])
     def health() -> Health:
         """The store and model in use; 503 with the reason when either cannot be opened."""
-        s = tk.settings
+        now = current.get()
+        s = now.settings
         backend = f"chroma-server {s.chroma_host}:{s.chroma_port}" if s.uses_chroma_server else "chroma-embedded"
-        return Health(status="ok", store=StoreInfo(backend=backend, collection=tk.collection, records=tk.store.count()),
-                      model=ModelInfo(id=tk.embedder.model_id, dim=tk.embedder.dim),
+        return Health(status="ok", store=StoreInfo(backend=backend, collection=now.collection, records=now.store.count()),
+                      model=ModelInfo(id=now.embedder.model_id, dim=now.embedder.dim),
                       hybrid_weight=s.hybrid_weight, max_upload_mb=s.max_upload_mb)
 
     @app.get("/api/facets", response_model=FacetsOut, responses=errors(503), tags=["search"])
@@ -225,7 +230,8 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
     @app.post("/api/search", response_model=SearchResponse, responses=errors(413, 422, 503), tags=["search"])
     def search_text(body: TextSearch) -> SearchResponse:
         """Products for a text query, ranked by vector similarity plus exact word matches."""
-        return run(body, lambda where: tk.search(text=body.text, k=body.k, where=where, min_score=body.min_score))
+        now = current.get()
+        return run(body, lambda where: now.search(text=body.text, k=body.k, where=where, min_score=body.min_score))
 
     @app.post("/api/search/image", response_model=SearchResponse, responses=errors(413, 415, 422, 503),
               tags=["search"])
@@ -242,7 +248,8 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
         options = _form_options(k=k, filters=filters, price_min=price_min, price_max=price_max, min_score=min_score)
         data = _read_upload(file, upload_limit)
         words = text.strip() if text and text.strip() else None
-        return run(options, lambda where: _image_search(tk, data, words, options, where))
+        now = current.get()
+        return run(options, lambda where: _image_search(now, data, words, options, where))
 
     @app.get("/api/similar/{item_id}", response_model=SearchResponse, responses=errors(404, 422, 503),
              tags=["search"])
@@ -257,7 +264,8 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
         """More like this: products like a product_id or media_id already in the store."""
         options = _validated(SearchOptions, k=k, filters=_parse_where(where), price_min=price_min,
                              price_max=price_max, min_score=min_score)
-        return run(options, lambda w: tk.more_like_this(item_id, k=options.k, where=w, min_score=options.min_score))
+        now = current.get()
+        return run(options, lambda w: now.more_like_this(item_id, k=options.k, where=w, min_score=options.min_score))
 
     @app.get("/media/{media_id}", response_class=Response, tags=["media"],
              responses={200: {"content": {"image/*": {}}, "description": "The picture."},

@@ -115,6 +115,12 @@ class Toolkit:
 
         return registry.explicit_overrides(self.settings, record(self.settings, self.collection).get("model"))
 
+    def reopened(self) -> "Toolkit":
+        """A new Toolkit on the same settings that resolves the collection (and its model)
+        afresh; this one stays as it was for whoever still uses it. An embedder given to this
+        one is given to the new one too (and a collection of another model is then refused)."""
+        return Toolkit(self.settings, embedder=self._embedder if self._embedder_given else None)
+
     def _switched(self) -> None:
         """The collection in use changed: open it (and its model) afresh on next use."""
         self._collection = self._store = self._products = None

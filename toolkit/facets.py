@@ -76,8 +76,9 @@ def _count_record(meta: dict, tags: dict[str, Counter], attrs: dict[str, Counter
 
 
 class FacetCache:
-    """Facets kept in memory and refreshed in the background when the record count changes or
-    `ttl` seconds have passed (a catalog import changes labels without changing the count).
+    """Facets kept in memory and refreshed in the background when the record count changes, the
+    store is another one (the service moved to a new collection), or `ttl` seconds have passed
+    (a catalog import changes labels without changing the count).
 
     A scan reads every record's metadata (about 3 s for 8,000 records on two busy cores), so
     only the very first call waits for one; later calls get the last facets at once while a
@@ -90,7 +91,7 @@ class FacetCache:
         self._lock = threading.Lock()
         self._scan = threading.Lock()  # one scan at a time
         self._facets: Facets | None = None
-        self._count = -1
+        self._of: tuple[object, int] | None = None  # (store, count) the facets were read from
         self._at = 0.0
         self._refreshing = False
 
@@ -98,20 +99,23 @@ class FacetCache:
         store = self._store()
         count = store.count()
         with self._lock:
-            facets, stale = self._facets, count != self._count or time.monotonic() - self._at > self._ttl
+            facets, stale = self._facets, not self._read_from(store, count) or time.monotonic() - self._at > self._ttl
             if facets is not None and stale and not self._refreshing:
                 self._refreshing = True
                 threading.Thread(target=self._refresh, args=(store, count), name="facets", daemon=True).start()
         return facets if facets is not None else self._refresh(store, count)
 
+    def _read_from(self, store: "VectorStore", count: int) -> bool:
+        return self._of is not None and self._of[0] is store and self._of[1] == count
+
     def _refresh(self, store: "VectorStore", count: int) -> Facets:
         with self._scan:
-            if self._facets is not None and self._count == count and not self._refreshing:
+            if self._facets is not None and self._read_from(store, count) and not self._refreshing:
                 return self._facets  # another caller scanned while this one waited
             try:
                 facets = collect_facets(store)
                 with self._lock:
-                    self._facets, self._count, self._at = facets, count, time.monotonic()
+                    self._facets, self._of, self._at = facets, (store, count), time.monotonic()
                 return facets
             finally:
                 with self._lock:
