@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -361,6 +362,13 @@ def test_a_running_search_service_follows_a_switch_made_elsewhere(tagged, settin
             body = client.get("/api/health").json()
             return body["store"]["collection"], body["model"]["id"], body["model"]["dim"]
 
+        def moved_to(expected: tuple[str, str, int]) -> tuple[str, str, int]:
+            """The service's state once it has loaded the new collection (in the background)."""
+            deadline = time.monotonic() + 30
+            while (now := state()) != expected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return now
+
         def top_hit() -> dict:
             res = client.post("/api/search/image", files={"file": ("q.jpg", photo, "image/jpeg")}, data={"k": "3"})
             assert res.status_code == 200, res.text
@@ -371,7 +379,7 @@ def test_a_running_search_service_follows_a_switch_made_elsewhere(tagged, settin
 
         Toolkit(settings).reindex("clip")  # as `toolkit reindex clip` from another shell
         new = target_of(SmallEmbedder.model_id)
-        assert state() == (new, SmallEmbedder.model_id, 48)
+        assert moved_to((new, SmallEmbedder.model_id, 48)) == (new, SmallEmbedder.model_id, 48)
         before = embedded_by(models, SmallEmbedder.model_id)
         hit = top_hit()
         # The query was embedded by the new model and matched against its own vectors.
@@ -381,7 +389,7 @@ def test_a_running_search_service_follows_a_switch_made_elsewhere(tagged, settin
         assert facets["fields"], facets
 
         Toolkit(settings).use_collection(OLD)
-        assert state() == (OLD, ColourEmbedder.model_id, 192)
+        assert moved_to((OLD, ColourEmbedder.model_id, 192)) == (OLD, ColourEmbedder.model_id, 192)
         assert top_hit()["score"] == pytest.approx(1.0, abs=1e-4)
 
 
@@ -392,8 +400,11 @@ def test_an_in_flight_request_keeps_the_toolkit_it_started_with(tagged, settings
     first = current.get()
     assert first.collection == OLD and current.get() is first  # nothing moved: the same Toolkit
     Toolkit(settings).reindex("clip")
-    after = current.get()
-    assert after is not first and after.collection == target_of(SmallEmbedder.model_id)
+    deadline = time.monotonic() + 30
+    while (after := current.get()) is first:  # the new collection and model load in the background
+        assert time.monotonic() < deadline, "the service never moved to the new collection"
+        time.sleep(0.01)
+    assert after.collection == target_of(SmallEmbedder.model_id)
     assert after.embedder.model_id == SmallEmbedder.model_id
     # The request that got `first` before the switch still searches the old collection with the old model.
     assert first.collection == OLD and first.embedder.model_id == ColourEmbedder.model_id

@@ -115,6 +115,15 @@ class Toolkit:
 
         return registry.explicit_overrides(self.settings, record(self.settings, self.collection).get("model"))
 
+    def warm(self) -> int:
+        """Open the store, load (or start building) its filter index and load the text model now,
+        for a long-lived process: a wrong setting fails here, not on the first query, and the
+        first query is as fast as the rest. Returns the collection's record count."""
+        count = self.store.count()
+        self.store.warm_filter_index()
+        self.embedder.embed_texts(["warm up"])
+        return count
+
     def reopened(self) -> "Toolkit":
         """A new Toolkit on the same settings that resolves the collection (and its model)
         afresh; this one stays as it was for whoever still uses it. An embedder given to this

@@ -20,10 +20,7 @@ def serve(
     tk = Toolkit()
     host = host or tk.settings.serve_host
     port = port if port is not None else tk.settings.serve_port
-    # Open the store and load the text model now: a wrong setting fails here, not on the
-    # first visitor's query, and the first query is as fast as the rest.
-    typer.echo(f"loading {tk.store.count()} records and the model…", err=True)
-    tk.store.warm_filter_index()  # saved and current: loaded now; else built in the background
-    tk.embedder.embed_texts(["warm up"])
-    typer.echo(f"serving on http://{host}:{port} (API docs at /docs)", err=True)
+    typer.echo(f"loading collection '{tk.collection}' and its model…", err=True)
+    records = tk.warm()
+    typer.echo(f"serving {records} records on http://{host}:{port} (API docs at /docs)", err=True)
     uvicorn.run(create_app(tk), host=host, port=port, log_level="warning")
