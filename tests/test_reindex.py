@@ -355,7 +355,7 @@ def test_a_running_search_service_follows_a_switch_made_elsewhere(tagged, settin
     from toolkit import current
     from toolkit.api import create_app
 
-    monkeypatch.setattr(current, "CHECK_EVERY", 0.0)  # read the pointer on every request
+    monkeypatch.setattr(current, "CHECK_EVERY", 0.0)  # re-read the pointer (in the background) on every request
     photo = (source / f"{photo_rows[2]['id']}.jpg").read_bytes()
     with running_server(create_app(Toolkit(settings))) as url, httpx.Client(base_url=url, timeout=60) as client:
         def state() -> tuple[str, str, int]:
