@@ -216,7 +216,8 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
         now = current.get()
         s = now.settings
         backend = f"chroma-server {s.chroma_host}:{s.chroma_port}" if s.uses_chroma_server else "chroma-embedded"
-        return Health(status="ok", store=StoreInfo(backend=backend, collection=now.collection, records=now.store.count()),
+        store = StoreInfo(backend=backend, collection=now.collection, records=now.store.count())
+        return Health(status="ok", store=store,
                       model=ModelInfo(id=now.embedder.model_id, dim=now.embedder.dim),
                       hybrid_weight=s.hybrid_weight, max_upload_mb=s.max_upload_mb)
 
