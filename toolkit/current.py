@@ -60,5 +60,6 @@ class CurrentToolkit:
             pass
         finally:
             with self._lock:
-                self._tk = new or self._tk
+                if new is not None:
+                    self._tk = new
                 self._following = False
