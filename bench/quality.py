@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from taggers.clip_local import LocalTagger  # noqa: E402
 from taggers.backbone_specs import LITE0, spec  # noqa: E402
 from taggers.offline_model import BACKBONE_DIM, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
-from toolkit.evaluation import query_ceilings  # noqa: E402
+from toolkit.evaluation import precision_at, query_ceilings  # noqa: E402
 from toolkit.split import rows_for, train_rows  # noqa: E402
 from toolkit.training import image_features  # noqa: E402
 
@@ -79,16 +79,11 @@ def attribute_queries(model: OfflineEmbedder, img: np.ndarray, rows: list[dict],
     queries = [t for t, n in triples.items() if n >= 2]
     q = model.embed_texts([f"{g} {c} {a}" for g, c, a in queries])
     top = np.argsort(-(q @ img.T), axis=1)[:, :k]
-    out: dict = {"queries": len(queries)}
-    every = np.ones_like(top, dtype=bool)
     named = ["gender", "baseColour", "articleType"]
     labels = {a: np.array([r[a] for r in rows], dtype=object) for a in named}
     asked = {a: np.array([t[i] for t in queries], dtype=object) for i, a in enumerate(named)}
-    for attr in named:
-        hit = labels[attr][top] == asked[attr][:, None]
-        out[attr] = round(float(hit.mean()), 4)
-        every &= hit
-    out["all_three"] = round(float(every.mean()), 4)
+    got = {a: by_k[f"p@{k}"] for a, by_k in precision_at(top, labels, ks=(k,), query_labels=asked).items()}
+    out: dict = {"queries": len(queries), **{a: got[a] for a in named}, "all_three": got["all"]}
     out["mean"] = round(float(np.mean([out[a] for a in named])), 4)
     # The best any ranking could do with this gallery's labels (toolkit/evaluation.py).
     best = query_ceilings(labels, asked, k)
