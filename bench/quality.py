@@ -91,8 +91,8 @@ def attribute_queries(model: OfflineEmbedder, img: np.ndarray, rows: list[dict],
     return out
 
 
-def tag_accuracy(tagger: LocalTagger, emb: np.ndarray, rows: list[dict]) -> dict:
-    probs = tagger.probabilities(emb)
+def tag_accuracy(tagger: LocalTagger, emb: np.ndarray, rows: list[dict], features: np.ndarray | None = None) -> dict:
+    probs = tagger.probabilities(emb, features=features)
     groups = {g.name: g for g in tagger.groups}
     out = {}
     for group, column in TAG_GROUPS.items():
@@ -111,6 +111,18 @@ def tag_accuracy(tagger: LocalTagger, emb: np.ndarray, rows: list[dict]) -> dict
                       "accuracy@threshold": round(float(np.mean([pred[i] == truth[i] for i, s in zip(keep, shown) if s])), 4),
                       "most_confused": [f"{t} -> {p} ({n})" for (t, p), n in confused]}
     return out
+
+
+def tagging_cost(tagger: LocalTagger, emb: np.ndarray, feats: np.ndarray, rounds: int = 5) -> dict:
+    """Milliseconds per 1,000 photos to score every group, prompts alone and blended with the
+    classifiers (the median of interleaved rounds; the backbone's cost is not in either)."""
+    times: dict[str, list[float]] = {"prompts": [], "prompts+classifiers": []}
+    for _ in range(rounds):
+        for name, f in (("prompts", None), ("prompts+classifiers", feats)):
+            t0 = time.perf_counter()
+            tagger.probabilities(emb, rowwise=True, features=f)
+            times[name].append((time.perf_counter() - t0) * 1000 * 1000 / len(emb))
+    return {k: round(float(np.median(v)), 1) for k, v in times.items()}
 
 
 def linear_probe(train_f: np.ndarray, train_r: list[dict], eval_f: np.ndarray, eval_r: list[dict]) -> tuple[np.ndarray, dict]:
@@ -214,7 +226,10 @@ def main() -> None:
     result["text_to_image"] = text_to_image(emb[:GALLERY], model.embed_texts([r["productDisplayName"] for r in gal]))
     result["attribute_queries@10"] = attribute_queries(model, emb[:GALLERY], gal)
     tagger = LocalTagger(model, None, threshold=0.35)
-    result["tag_accuracy"] = tag_accuracy(tagger, emb, ev)
+    result["tag_accuracy"] = tag_accuracy(tagger, emb, ev, ev_f)
+    if tagger.classifier_columns():
+        result["tag_accuracy_prompts_only"] = {g: v["accuracy"] for g, v in tag_accuracy(tagger, emb, ev).items()}
+        result["tagging_ms_per_1000_photos"] = tagging_cost(tagger, emb, ev_f)
     if not args.no_probe and args.precision == "fp32" and args.split == "eval":
         say("linear probe baseline ...")
         tr = train_rows(catalog, images)
@@ -251,6 +266,12 @@ def print_table(r: dict) -> None:
     for g, res in r["tag_accuracy"].items():
         print(f"  {g:24s} {res['accuracy']:.3f}  {res['coverage@threshold']:.3f}    {res['accuracy@threshold']:.3f}    "
               f"{'; '.join(res['most_confused'][:3])}")
+    if "tag_accuracy_prompts_only" in r:
+        print("label prompts alone (no classifiers) accuracy: " +
+              ", ".join(f"{k} {v:.3f}" for k, v in r["tag_accuracy_prompts_only"].items()))
+    if "tagging_ms_per_1000_photos" in r:
+        print("tag scoring, ms per 1,000 photos (no backbone): " +
+              ", ".join(f"{k} {v:.1f}" for k, v in r["tagging_ms_per_1000_photos"].items()))
     if "linear_probe_accuracy_raw" in r:
         print("linear probe (raw EfficientNet) accuracy: " +
               ", ".join(f"{k} {v:.3f}" for k, v in r["linear_probe_accuracy_raw"].items()))

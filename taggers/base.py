@@ -17,6 +17,10 @@ class Embedder(Protocol):
     model_id: str
     dim: int
 
+    # Optional, read with getattr by the pipeline and the local tagger:
+    #   embed_images_with_features(images) -> (embeddings, features)  -- the features behind them
+    #   tag_heads() -> TagHeads | None  -- label classifiers over those features (taggers/tag_heads.py)
+
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...

@@ -4,6 +4,11 @@ Each vocabulary group ("article_type", "colour", ...) has a prompt template and 
 the labels' text embeddings are computed once, and a photo gets, per group, the label
 whose prompt is nearest, with a softmax confidence over the group's labels (similarity
 times the model's learned logit scale). Under the threshold, the group gets no label.
+
+Where the model has label classifiers for a group (taggers/tag_heads.py) and the pipeline
+gave the image features they read, the group's probabilities are a blend of both: a
+weighted mean of the two log-probabilities, normalised again. A group whose labels the
+classifier does not know (an edited vocabulary) keeps the prompts alone.
 """
 from __future__ import annotations
 
@@ -13,11 +18,14 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, ClassVar, Iterator, Sequence
 
 import numpy as np
 
 from taggers.base import Embedder
+
+if TYPE_CHECKING:
+    from taggers.tag_heads import TagHeads
 from toolkit.errors import ConfigError, TaggerError
 from toolkit.models import Media, Tag, TagResult
 
@@ -80,6 +88,7 @@ class LocalTagger:
         self.threshold = threshold
         self.groups = load_vocabulary(vocabulary)
         self._label_embs: dict[str, np.ndarray] | None = None
+        self._columns: dict[str, np.ndarray] | None = None
         self._lock = threading.Lock()
 
     # ---- label embeddings, once ----
@@ -127,12 +136,35 @@ class LocalTagger:
     def scale(self) -> float:
         return float(getattr(self.embedder, "logit_scale", DEFAULT_LOGIT_SCALE))
 
+    # ---- the model's label classifiers, where it has them ----
+    def tag_heads(self) -> "TagHeads | None":
+        """The embedder's label classifiers, if it has any (the offline model's)."""
+        get = getattr(self.embedder, "tag_heads", None)
+        return get() if callable(get) else None
+
+    def classifier_columns(self) -> dict[str, np.ndarray]:
+        """Group -> the classifier's output index of each of the group's labels, for the groups
+        whose every label the classifier knows."""
+        with self._lock:
+            if self._columns is None:
+                heads = self.tag_heads()
+                known = heads.cfg.groups if heads is not None else {}
+                self._columns = {}
+                for g in self.groups:
+                    index = {lab: i for i, lab in enumerate(known.get(g.name, []))}
+                    if index and all(lab in index for lab in g.labels):
+                        self._columns[g.name] = np.array([index[lab] for lab in g.labels])
+            return self._columns
+
     # ---- scoring ----
-    def probabilities(self, embs: np.ndarray, rowwise: bool = False) -> dict[str, np.ndarray]:
-        """Per group, (N, labels) softmax probabilities for N embedding rows. `rowwise` takes one
-        small product per row (the same numbers as scoring each row alone): for a chunk of 64
-        rows, one threaded BLAS product cost 30x more CPU than 64 single-threaded ones on a
-        loaded 2-core machine, its threads waiting for cores the model is using."""
+    def probabilities(self, embs: np.ndarray, rowwise: bool = False,
+                      features: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per group, (N, labels) softmax probabilities for N embedding rows; blended with the
+        label classifiers' when `features` (the image features behind each row) are given.
+        `rowwise` takes one small product per row (the same numbers as scoring each row
+        alone): for a chunk of 64 rows, one threaded BLAS product cost 30x more CPU than 64
+        single-threaded ones on a loaded 2-core machine, its threads waiting for cores the
+        model is using."""
         embs = np.atleast_2d(np.asarray(embs, dtype=np.float32))
         out = {}
         scale = self.scale
@@ -141,7 +173,21 @@ class LocalTagger:
             logits -= logits.max(axis=1, keepdims=True)
             p = np.exp(logits)
             out[name] = p / p.sum(axis=1, keepdims=True)
+        if features is not None and len(features) and self.classifier_columns():
+            self._blend(out, np.atleast_2d(features))
         return out
+
+    def _blend(self, probs: dict[str, np.ndarray], features: np.ndarray) -> None:
+        heads = self.tag_heads()
+        learned = heads.probabilities(features)
+        w = float(heads.cfg.blend)
+        for name, cols in self.classifier_columns().items():
+            q = learned[name][:, cols]
+            q = q / q.sum(axis=1, keepdims=True).clip(min=1e-12)
+            logp = (1 - w) * np.log(probs[name].clip(min=1e-12)) + w * np.log(q.clip(min=1e-12))
+            logp -= logp.max(axis=1, keepdims=True)
+            p = np.exp(logp)
+            probs[name] = p / p.sum(axis=1, keepdims=True)
 
     @staticmethod
     def _best(probs: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -159,9 +205,10 @@ class LocalTagger:
                                 provider=self.name, start=start))
         return tags
 
-    def tag_embeddings(self, embs: np.ndarray) -> list[list[Tag]]:
-        """Tags for each row of `embs` (L2-normalised embeddings), without Media objects."""
-        best = self._best(self.probabilities(embs))
+    def tag_embeddings(self, embs: np.ndarray, features: np.ndarray | None = None) -> list[list[Tag]]:
+        """Tags for each row of `embs` (L2-normalised embeddings), without Media objects; with
+        `features`, the image features behind the rows, the label classifiers join in."""
+        best = self._best(self.probabilities(embs, features=features))
         return [self._tags(best, i) for i in range(len(np.atleast_2d(embs)))]
 
     # ---- the Tagger protocol ----
@@ -171,18 +218,22 @@ class LocalTagger:
         items = list(items)
         spans: dict[int, tuple[int, int]] = {}
         rows: list[np.ndarray] = []
+        feats: list[np.ndarray | None] = []
         errors: dict[int, str] = {}
         start = 0
         for i, media in enumerate(items):
             try:
-                embs = self._frame_embeddings(media)
+                embs, media_feats = self._frame_embeddings(media)
             except TaggerError as err:
                 errors[i] = str(err)
                 continue
             rows.append(embs)
+            feats.append(media_feats)
             spans[i] = (start, start + len(embs))
             start += len(embs)
-        probs = self.probabilities(np.concatenate(rows), rowwise=True) if rows else {}
+        # The classifiers join in only when every row has its features: one blend per batch.
+        features = np.concatenate(feats) if feats and all(f is not None for f in feats) else None
+        probs = self.probabilities(np.concatenate(rows), rowwise=True, features=features) if rows else {}
         best = self._best(probs)
         for i, media in enumerate(items):
             if i in errors:
@@ -205,9 +256,16 @@ class LocalTagger:
             result.tags = self._tags(self._best(mean), 0)
         return result
 
-    def _frame_embeddings(self, media: Media) -> np.ndarray:
+    def _frame_embeddings(self, media: Media) -> tuple[np.ndarray, np.ndarray | None]:
+        """The item's embedding rows and, where known, the image features behind them."""
         if media.embeddings is not None and len(media.embeddings):
-            return np.atleast_2d(np.asarray(media.embeddings, dtype=np.float32))
+            embs = np.atleast_2d(np.asarray(media.embeddings, dtype=np.float32))
+            feats = media.features
+            return embs, (np.atleast_2d(feats) if feats is not None and len(feats) == len(embs) else None)
         if not media.frames:
             raise TaggerError(f"{media.ref.key}: no frames to tag")
-        return np.asarray(self.embedder.embed_images([f.image for f in media.frames]), dtype=np.float32)
+        images = [f.image for f in media.frames]
+        if self.classifier_columns() and callable(getattr(self.embedder, "embed_images_with_features", None)):
+            embs, feats = self.embedder.embed_images_with_features(images)  # type: ignore[attr-defined]
+            return np.asarray(embs, dtype=np.float32), np.asarray(feats, dtype=np.float32)
+        return np.asarray(self.embedder.embed_images(images), dtype=np.float32), None

@@ -26,6 +26,7 @@ from toolkit.errors import ModelError
 
 if TYPE_CHECKING:
     from taggers.heads import Heads
+    from taggers.tag_heads import TagHeads
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,7 @@ class OfflineEmbedder:
         self._images: ImageFeaturizer | None = None
         self.texts = TextFeaturizer(max(batch_size, 64), threads)
         self._text_tower: Any = None
+        self._tag_heads: Any = None
 
     # ---- identity: cheap (hashes a few-MB file, reads a header), no torch ----
     @property
@@ -364,11 +366,42 @@ class OfflineEmbedder:
         """The learned temperature: similarity x scale gives CLIP-style logits."""
         return self.heads().scale()
 
+    def tag_heads(self) -> "TagHeads | None":
+        """The label classifiers trained beside these heads (taggers/tag_heads.py), or None."""
+        with self._lock:
+            if self._tag_heads is None:
+                self._tag_heads = self._load_tag_heads() or False
+            return self._tag_heads or None
+
+    def _load_tag_heads(self) -> "TagHeads | None":
+        from taggers.tag_heads import load_tag_heads
+
+        path = weights.tag_heads_file(self.heads_path)
+        if path is None:
+            return None
+        fix = "retrain them with `toolkit model train-tags`"
+        try:
+            model = load_tag_heads(path)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ModelError(f"{path}: not a usable tag-classifier file ({err}); {fix}") from None
+        config = self._header_config()
+        image_in = sum(int(config.get(k, 0)) for k in ("backbone_dim", "mid_dim", "colour_dim"))
+        if model.cfg.image_in != image_in:
+            raise ModelError(f"{path}: made for {model.cfg.image_in} image features, the heads give {image_in}; {fix}")
+        return model
+
     # ---- the Embedder protocol ----
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not len(images):
             return np.zeros((0, self.dim), np.float32)
         return self.project_images(self.images(images))
+
+    def embed_images_with_features(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and the image features they were projected from (what the tag classifiers read)."""
+        if not len(images):
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, 0), np.float32)
+        feats = self.images(images)
+        return self.project_images(feats), feats
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):

@@ -43,6 +43,8 @@ MINILM_SHA256 = {
 SHIPPED_HEADS_SHA256 = "4ccd569d6460b9eabfb4d5dcac386248c853998f786e25b2624f769bd4d23cf6"
 
 SHIPPED_HEADS = Path(__file__).resolve().parent / "data" / "heads.safetensors"
+#: The tag classifiers shipped beside them (taggers/tag_heads.py; `toolkit model train-tags`).
+SHIPPED_TAG_HEADS_SHA256 = "9da7d15eac8380248593cbf73b9eec19d5da9494a8bcd6a71df407b6f67c2fbe"
 
 
 def sha256_file(path: Path) -> str:
@@ -134,3 +136,23 @@ def heads_file(heads_path: Path | None) -> Path:
 
 def sidecar_path(heads_path: Path) -> Path:
     return Path(heads_path).with_suffix(".json")
+
+
+def tag_heads_file(heads_path: Path | None) -> Path | None:
+    """The verified tag-classifier file beside a heads file, or None where the heads have none
+    (heads trained before classifiers existed tag with prompts alone). The shipped one is
+    checked against the hash pinned here, a user-trained one against its heads' sidecar."""
+    from taggers.tag_heads import path_beside
+
+    if heads_path is None:
+        return verify(path_beside(SHIPPED_HEADS), SHIPPED_TAG_HEADS_SHA256, "reinstall the toolkit package")
+    sidecar = sidecar_path(Path(heads_path))
+    try:
+        expected = json.loads(sidecar.read_text(encoding="utf-8")).get("tag_heads_sha256")
+    except (OSError, ValueError):
+        return None  # heads_file() has already said what is wrong with the sidecar
+    if not expected:
+        return None
+    return verify(path_beside(Path(heads_path)), expected,
+                  "re-run `toolkit model train-tags --heads` for these heads, or remove tag_heads_sha256 "
+                  f"from {sidecar.name} to tag with prompts alone")

@@ -299,6 +299,8 @@ def test_cli_gates_exit_1_naming_each_failed_metric(shared_data, photos, tmp_pat
     assert "best p@10" in res.stdout and "query mean p@10" in res.stdout
     saved = json.loads((tmp_path / "rep" / "eval.json").read_text(encoding="utf-8"))
     assert saved["items"] == 30 and saved["model_id"] != ColourEmbedder.model_id
+    # The shipped model tags with its classifiers too, and the scores say so.
+    assert {t["method"] for c, t in saved["tags"].items()} == {"prompts+classifier"}
     assert (tmp_path / "rep" / "eval.html").is_file()
 
 

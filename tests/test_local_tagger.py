@@ -20,9 +20,10 @@ def as_media(offline, images, kind="image", stamps=None) -> Media:
     images[0].save(buf, format="JPEG")
     data = buf.getvalue()
     frames = [Frame(im, t) for im, t in zip(images, stamps or [None] * len(images))]
+    embeddings, features = offline.embed_images_with_features(images)  # as the pipeline fills them
     return Media(ref=MediaRef(uri=f"file:///x/{kind}", key=kind), data=data, kind=kind,
                  sha256=hashlib.sha256(data).hexdigest(), mime="image/jpeg", frames=frames,
-                 embeddings=offline.embed_images(images))
+                 embeddings=embeddings, features=features)
 
 
 def by_group(tags) -> dict[str, str]:
@@ -69,6 +70,15 @@ def test_video_gets_frame_tags_and_a_summary(offline, tagger, photo) -> None:
     assert {t.start for t in result.frame_tags[1]} == {2.0}
     # Two of three frames show the t-shirt: the mean of the frame probabilities says so.
     assert by_group(result.tags)["article_type"] == "Tshirts"
+
+
+def test_media_the_pipeline_did_not_embed_are_embedded_with_their_features(offline, tagger, photo) -> None:
+    media = as_media(offline, [photo("heels"), photo("handbag")], kind="video", stamps=[0.0, 2.0])
+    [given] = list(tagger.tag([media]))
+    media.embeddings = media.features = None
+    [own] = list(tagger.tag([media]))
+    assert own.tags == given.tags and own.frame_tags == given.frame_tags
+    assert tagger.classifier_columns(), "the shipped model's classifiers take part"
 
 
 def test_tag_embeddings_without_media(offline, tagger, photo) -> None:

@@ -461,6 +461,7 @@ def test_model_info_describes_the_model_of_the_collection_in_use(tmp_path):
     fresh = run("model", "info", env=env)
     assert fresh.returncode == 0, fresh.stderr
     assert "model_id: offline-effnetlite0-minilm:" in fresh.stdout
+    assert "tag_classifiers: " in fresh.stdout and "heads.tags.safetensors" in fresh.stdout
     assert not (tmp_path / "data" / "chroma").exists()
     settings = load_settings(data_dir=tmp_path / "data")
     from store.chroma import ChromaStore

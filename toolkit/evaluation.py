@@ -435,7 +435,7 @@ def _score(report: EvalReport, tk: "Toolkit", tagger, columns: dict[str, str], i
         txt = np.asarray(tk.embedder.embed_texts([items[i].title for i in titled]), np.float32)
         report.metrics.update({f"text.{k}": v for k, v in text_metrics(text_ranks(emb, txt, titled)).items()})
     _score_attribute_queries(report, tk, items, emb, labels)
-    _score_tags(report, tagger, columns, items, emb, stored)
+    _score_tags(report, tagger, columns, items, emb, stored, image_features(tk, items, tagger))
     _add_pictures(report, columns, items, emb, top, labels)
 
 
@@ -458,9 +458,25 @@ def _score_attribute_queries(report: EvalReport, tk: "Toolkit", items: list[Labe
                             if f"query.{name}.p@10" in report.metrics})
 
 
+def image_features(tk: "Toolkit", items: list[LabelledItem], tagger, batch: int = 64) -> np.ndarray | None:
+    """The image features the pipeline's tagger read for each photo, when it has label
+    classifiers (the store keeps vectors, not features): one more pass of the image backbone."""
+    from toolkit.embedding import wants_features
+    from toolkit.media import decode_image
+
+    if not tagger.classifier_columns() or not wants_features(tk.embedder):
+        return None
+    out = []
+    for start in range(0, len(items), batch):
+        images = [decode_image(it.image.read_bytes(), name=str(it.image)) for it in items[start:start + batch]]
+        out.append(tk.embedder.embed_images_with_features(images)[1])  # type: ignore[attr-defined]
+    return np.concatenate(out)
+
+
 def _score_tags(report: EvalReport, tagger, columns: dict[str, str], items: list[LabelledItem],
-                emb: np.ndarray, stored: list[dict]) -> None:
-    probs = tagger.probabilities(emb)
+                emb: np.ndarray, stored: list[dict], features: np.ndarray | None = None) -> None:
+    probs = tagger.probabilities(emb, features=features)
+    blended = set(tagger.classifier_columns()) if features is not None else set()
     for g in tagger.groups:
         if g.name not in columns:
             continue
@@ -471,6 +487,7 @@ def _score_tags(report: EvalReport, tagger, columns: dict[str, str], items: list
         known = {_norm(lab) for lab in g.labels}
         scores["out_of_vocabulary"] = sum(1 for t in truth if _norm(t) and _norm(t) not in known)
         scores["group"] = g.name
+        scores["method"] = "prompts+classifier" if g.name in blended else "prompts"
         scores["confusion"] = confusion(pred, truth)
         report.tags[column] = scores
         for k in ("accuracy", "coverage", "accuracy@threshold"):

@@ -73,6 +73,9 @@ class Media:
     duration: float | None = None
     # Filled by the pipeline: one row per frame, L2-normalised.
     embeddings: np.ndarray | None = None
+    # Filled too when the embedder gives them and has tag classifiers to read them: the image
+    # features behind each embedding row.
+    features: np.ndarray | None = None
 
 
 @dataclass

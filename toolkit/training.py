@@ -102,6 +102,9 @@ class TrainConfig:
     #: Also leave out the training split's holdout fifth (toolkit/split.py), to compare
     #: training settings on it without looking at the eval split.
     hold_out: bool = False
+    #: Also train the label classifiers the local tagger blends with its prompts
+    #: (toolkit/tag_training.py), written beside the heads.
+    tag_heads: bool = True
     runtime: str = "auto"
     threads: int = 0
     limit: int | None = None
@@ -677,6 +680,13 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     save_heads(heads, out, backbone_state)
     sha = weights.sha256_file(out)
     write_sidecar(out, sha, heads_cfg, cfg, rows, excluded, len(caps.texts), loss)
+    if cfg.tag_heads:
+        from toolkit.tag_training import train_tag_heads
+
+        train_tag_heads(Path(images_dir), Path(catalog_csv), heads_path=Path(out), exclude_eval=cfg.exclude_eval,
+                        hold_out=cfg.hold_out, seed=cfg.seed, threads=cfg.threads, runtime=cfg.runtime,
+                        limit=cfg.limit,
+                        vocabulary=vocabulary, progress=say)
     return TrainReport(out=Path(out), sha256=sha, model_id=f"{model_prefix(cfg.backbone)}:{sha[:12]}",
                        n_train=len(rows), n_captions=len(caps.texts), epochs=cfg.epochs, final_loss=loss,
                        seconds=time.time() - t0, excluded_eval=excluded)
@@ -716,4 +726,6 @@ def heads_info(heads_path: Path | None = None) -> dict[str, object]:
             "finetuned": meta.get("config", {}).get("finetuned", []),
             "mid_features": meta.get("config", {}).get("mid_features", ""),
             "split": training.get("split"), "trained_on": training.get("n_train"),
-            "epochs": training.get("epochs"), "created": meta.get("created")}
+            "epochs": training.get("epochs"), "created": meta.get("created"),
+            "tag_classifiers": str(tags) if (tags := weights.tag_heads_file(heads_path)) else
+            "none (tags from label prompts alone)"}

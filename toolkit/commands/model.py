@@ -58,6 +58,32 @@ def train(
     typer.echo(f"sha256 {report.sha256}")
 
 
+@app.command("train-tags")
+def train_tags(
+    images: Path = typer.Option(..., "--images", help="Folder of product photos named <id>.jpg."),
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog CSV with the vocabulary's columns "
+                                 "(articleType, baseColour, gender, usage, season, masterCategory)."),
+    heads: Path = typer.Option(None, "--heads", help="Heads file to train them for (default: the shipped one)."),
+    out: Path = typer.Option(None, "--out", help="Where to write them (default: beside the heads, "
+                             "x.safetensors -> x.tags.safetensors, which is where the tagger looks)."),
+    epochs: int = typer.Option(25, "--epochs", min=1, help="Passes over the training photos."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    include_eval: bool = typer.Option(False, "--include-eval",
+                                      help="Also train on the eval split (then quality figures are not fair)."),
+    hold_out: bool = typer.Option(False, "--hold-out", help="Also leave out the training split's holdout fifth."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: one per core)."),
+) -> None:
+    """Train the label classifiers the local tagger blends with its prompts, for existing heads
+    (`toolkit model train` trains them with the heads). Tags change; vectors do not."""
+    from toolkit.tag_training import train_tag_heads
+
+    report = train_tag_heads(images, catalog, heads, out, exclude_eval=not include_eval, hold_out=hold_out,
+                             epochs=epochs, seed=seed, threads=threads, progress=_progress)
+    groups = ", ".join(f"{name} ({n} labels)" for name, n in report.groups.items())
+    typer.echo(f"wrote {report.out} ({report.n_train} photos; {groups}; {report.seconds:.0f} s)")
+    typer.echo(f"sha256 {report.sha256}")
+
+
 @app.command()
 def info(
     heads: Path = typer.Option(None, "--heads", help="Heads file (default: those of the collection in use, else TOOLKIT_HEADS_PATH or the shipped ones)."),
