@@ -265,7 +265,9 @@ class LocalTagger:
         if not media.frames:
             raise TaggerError(f"{media.ref.key}: no frames to tag")
         images = [f.image for f in media.frames]
-        if self.classifier_columns() and callable(getattr(self.embedder, "embed_images_with_features", None)):
+        from toolkit.embedding import wants_features
+
+        if self.classifier_columns() and wants_features(self.embedder):
             embs, feats = self.embedder.embed_images_with_features(images)  # type: ignore[attr-defined]
             return np.asarray(embs, dtype=np.float32), np.asarray(feats, dtype=np.float32)
         return np.asarray(self.embedder.embed_images(images), dtype=np.float32), None
