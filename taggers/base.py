@@ -20,6 +20,7 @@ class Embedder(Protocol):
     # Optional, read with getattr by the pipeline and the local tagger:
     #   embed_images_with_features(images) -> (embeddings, features)  -- the features behind them
     #   tag_heads() -> TagHeads | None  -- label classifiers over those features (taggers/tag_heads.py)
+    #   tags_id: str  -- their identity, part of the local tagger's version
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
@@ -35,6 +36,7 @@ class Tagger(Protocol):
     #   needs_embeddings: ClassVar[bool]  -- runs after the embedder filled media.embeddings
     #   stats, limiter                   -- call counters and rate limiter, for the run summary
     #   billing_unit, unit_price_usd, billable_units(media), describe(media)  -- for --dry-run
+    #   version: str | None  -- what decides its tags; stored with them, for `tag --retag`
 
     def tag(self, items: Sequence[Media]) -> Iterator[TagResult]:
         """One TagResult per item, in any order. A per-item failure is a TagResult with `error`

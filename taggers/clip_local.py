@@ -12,6 +12,7 @@ classifier does not know (an edited vocabulary) keeps the prompts alone.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,8 @@ from toolkit.models import Media, Tag, TagResult
 SHIPPED_VOCABULARY = Path(__file__).resolve().parent / "data" / "vocabulary.json"
 #: CLIP's own cap on its logit scale; used when an embedder exposes none.
 DEFAULT_LOGIT_SCALE = 100.0
+#: Raise when a change to the scoring below changes the tags the same model gives.
+SCORING_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,19 @@ class LocalTagger:
         embs = np.asarray(self.embedder.embed_texts(texts), dtype=np.float32).reshape(len(group.labels), n_t, -1)
         mean = embs.mean(axis=1)
         return mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-12)
+
+    @functools.cached_property
+    def version(self) -> str | None:
+        """What decides this tagger's tags: the model (and its label classifiers), the
+        vocabulary, the threshold and the scoring's revision. Stored with the tags, so that
+        `toolkit tag --retag` finds the items an earlier version tagged (None without a model id).
+        Worked out once: a run asks for every item it lists."""
+        model_id = getattr(self.embedder, "model_id", None)
+        if not isinstance(model_id, str):
+            return None
+        spec = [SCORING_REVISION, model_id, str(getattr(self.embedder, "tags_id", "")), self.threshold,
+                [(g.name, g.templates, g.labels) for g in self.groups]]
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def scale(self) -> float:

@@ -311,6 +311,13 @@ class OfflineEmbedder:
         return f"{prefix}:{weights.file_sha256(self.verified_heads)[:12]}" + ("-int8" if quantised else "")
 
     @property
+    def tags_id(self) -> str:
+        """The label classifiers' identity beside the model id ("" without any): they change
+        tags, not vectors, so the local tagger's version reads it and the model id does not."""
+        path = weights.tag_heads_file(self.heads_path)
+        return weights.file_sha256(path)[:12] if path is not None else ""
+
+    @property
     def dim(self) -> int:
         try:
             return int(self._header_config()["dim"])

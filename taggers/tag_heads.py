@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 FORMAT = "toolkit-tag-heads-v1"
-SUFFIX = ".tags.safetensors"
 
 
 @dataclass
@@ -61,12 +60,6 @@ class TagHeads(nn.Module):
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(feats), dtype=np.float32))
             return {name: torch.softmax(lg, dim=1).numpy() for name, lg in self.logits(x).items()}
-
-
-def path_beside(heads_path: Path) -> Path:
-    """Where the classifiers of a heads file live: `x.safetensors` -> `x.tags.safetensors`."""
-    heads_path = Path(heads_path)
-    return heads_path.with_name(heads_path.name.removesuffix(".safetensors") + SUFFIX)
 
 
 def save_tag_heads(model: TagHeads, path: Path) -> None:

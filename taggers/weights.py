@@ -138,12 +138,17 @@ def sidecar_path(heads_path: Path) -> Path:
     return Path(heads_path).with_suffix(".json")
 
 
+def path_beside(heads_path: Path) -> Path:
+    """Where the classifiers of a heads file live: `x.safetensors` -> `x.tags.safetensors`.
+    Here, not in taggers/tag_heads.py, so that finding them needs no torch (1.5 s to import)."""
+    heads_path = Path(heads_path)
+    return heads_path.with_name(heads_path.name.removesuffix(".safetensors") + ".tags.safetensors")
+
+
 def tag_heads_file(heads_path: Path | None) -> Path | None:
     """The verified tag-classifier file beside a heads file, or None where the heads have none
     (heads trained before classifiers existed tag with prompts alone). The shipped one is
     checked against the hash pinned here, a user-trained one against its heads' sidecar."""
-    from taggers.tag_heads import path_beside
-
     if heads_path is None:
         return verify(path_beside(SHIPPED_HEADS), SHIPPED_TAG_HEADS_SHA256, "reinstall the toolkit package")
     sidecar = sidecar_path(Path(heads_path))

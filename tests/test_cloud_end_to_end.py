@@ -12,7 +12,7 @@ from tests.fakes.azure_cv_server import expected_tags
 from tests.fakes.gcp_vi_server import analyse
 from tests.helpers import ColourEmbedder, write_mp4
 from tests.test_cli import run
-from toolkit import Toolkit
+from toolkit import Toolkit, registry
 from toolkit.records import media_id
 from toolkit.settings import load_settings
 
@@ -115,6 +115,35 @@ def test_items_hold_tags_from_several_providers(bucket, azure_env):
     assert meta["providers"] == ["azure", "local"]
     assert expected_image_tokens(data) <= set(meta["tags"])
     assert any(t["provider"] == "local" for t in json.loads(meta["tags_json"]))
+
+
+def test_retag_refreshes_only_the_changed_local_tagger_and_keeps_the_cloud_s_tags(bucket, azure_env):
+    """A changed local tagger (here its threshold) leaves unchanged items alone on a plain run,
+    counted as outdated; `--retag --tagger local` re-tags them without calling Azure, keeps
+    Azure's tags, and a second `--retag` finds nothing left to do (a killed one resumes)."""
+    photos, _ = bucket
+    uri = f"s3://{BUCKET}/images/"
+    tk = Toolkit(load_settings(max_retries=1, azure_rate=100), embedder=ColourEmbedder())
+    tk.tag(uri, tagger="azure")
+    assert tk.tag(uri, tagger="local").updated == PHOTOS  # the local model had not seen them yet
+    calls = len(azure_env.calls)
+
+    changed = Toolkit(load_settings(max_retries=1, azure_rate=100, tag_threshold=0.2), embedder=ColourEmbedder())
+    plain = changed.tag(uri, tagger="local")
+    assert (plain.unchanged, plain.outdated, plain.retagged) == (PHOTOS, PHOTOS, 0)
+    plan = changed.plan(uri, tagger="local", retag=True)
+    assert plan.unchanged == 0 and len(plan.lines["local"].items) == PHOTOS and "azure" not in plan.lines
+    report = changed.tag(uri, tagger="local", retag=True)
+    assert (report.retagged, report.new, report.updated, report.unchanged) == (PHOTOS, 0, 0, 0)
+    assert len(azure_env.calls) == calls
+    photo_uri, data = next(iter(photos.items()))
+    [meta] = records_of(changed, photo_uri)
+    assert meta["providers"] == ["azure", "local"]
+    assert expected_image_tokens(data) <= set(meta["tags"])
+    local = registry.tagger("local", changed.settings, changed.embedder)
+    assert json.loads(meta["tagger_versions"]) == {"local": local.version}
+    again = changed.tag(uri, tagger="local", retag=True)
+    assert (again.unchanged, again.outdated, again.retagged) == (PHOTOS, 0, 0)
 
 
 def test_a_run_with_a_failed_item_exits_1_and_names_it(bucket, azure_env):

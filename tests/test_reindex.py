@@ -194,8 +194,12 @@ def test_cloud_tags_are_carried_and_local_tags_recomputed(tagged, settings, mode
     small = SmallEmbedder()
     media = decode(MediaRef(uri=uri, key=""), (source / f"{photo_rows[0]['id']}.jpg").read_bytes())
     media.embeddings = small.embed_images([f.image for f in media.frames])
-    expected = next(registry.tagger("local", settings, small).tag([media])).tags
+    local = registry.tagger("local", settings, small)
+    expected = next(local.tag([media])).tags
     assert [t for t in tags if t.provider == "local"] == expected
+    # Stamped with the new model's tagger version: `tag --retag` has nothing to redo.
+    assert json.loads(rec.metadata["tagger_versions"]) == {"local": local.version}
+    assert local.version != registry.tagger("local", settings, tagged.embedder).version
     others = [m for _, m in new.iter_metadata() if m["uri"] != uri]
     assert all(m["providers"] == ["local"] for m in others)
     # Video frames: one record each, with their timestamps, as in the old collection.

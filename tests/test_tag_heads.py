@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from taggers.clip_local import LocalTagger, load_vocabulary
 from taggers.offline_model import OfflineEmbedder
-from taggers.tag_heads import TagHeads, TagHeadsConfig, load_tag_heads, path_beside, save_tag_heads
-from taggers.weights import SHIPPED_HEADS, sha256_file, sidecar_path
+from taggers.tag_heads import TagHeads, TagHeadsConfig, load_tag_heads, save_tag_heads
+from taggers.weights import SHIPPED_HEADS, path_beside, sha256_file, sidecar_path
 from tests.model_fixtures import offline, photo, shared_data  # noqa: F401 - fixtures
 from toolkit.errors import ModelError, SourceError
 from toolkit.tag_training import train_tag_heads
@@ -173,3 +173,49 @@ def test_cli_train_tags_is_thin_and_reports_user_errors(shared_data, tmp_path) -
                                  str(shared_data / "styles.csv"), "--out", str(tmp_path / "t.safetensors")])
     assert isinstance(result.exception, SourceError) and "missing" in str(result.exception)
     assert not (tmp_path / "t.safetensors").exists()
+
+
+def test_retag_refreshes_stored_tags_after_the_classifiers_change(shared_data, tmp_path) -> None:
+    """Unchanged photos are skipped by a plain re-run, so new classifiers reach stored items
+    only through `--retag`: same records and vectors, new tags."""
+    from tests.model_fixtures import CLEAR
+    from toolkit.cli import app
+    from toolkit.core import Toolkit
+    from toolkit.settings import load_settings
+
+    heads = user_heads(tmp_path / "model")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("tshirt", "heels"):
+        shutil.copyfile(shared_data / "images" / f"{CLEAR[name]}.jpg", folder / f"{name}.jpg")
+    env = {"TOOLKIT_DATA_DIR": str(tmp_path / "data"), "TOOLKIT_HEADS_PATH": str(heads)}
+    runner = CliRunner()
+
+    def tag(*extra: str):
+        result = runner.invoke(app, ["tag", str(folder), "--tagger", "local", *extra], env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def stored():
+        tk = Toolkit(load_settings(data_dir=tmp_path / "data", heads_path=heads))
+        recs = tk.store.get(where={"key": {"$in": ["tshirt.jpg", "heels.jpg"]}}, include_embeddings=True)
+        return {r.metadata["key"]: (r.id, r.metadata["tag_article_type"], r.embedding) for r in recs}
+
+    assert "2 new" in tag()
+    before = stored()
+    assert "Watches" not in {t for _, t, _ in before.values()}
+
+    watches_only(heads)
+    plain = tag()
+    assert "2 unchanged" in plain and "2 unchanged items were tagged by an earlier version" in plain
+    assert {k: t for k, (_, t, _) in stored().items()} == {k: t for k, (_, t, _) in before.items()}
+
+    assert "local: 2 items" in tag("--retag", "--dry-run")
+    assert "2 retagged, 0 unchanged" in tag("--retag")
+    after = stored()
+    assert {k: t for k, (_, t, _) in after.items()} == {"tshirt.jpg": "Watches", "heels.jpg": "Watches"}
+    for key, (rid, _, emb) in before.items():
+        assert after[key][0] == rid
+        np.testing.assert_allclose(after[key][2], emb, atol=1e-6)
+    done = tag("--retag")
+    assert "2 unchanged" in done and "earlier version" not in done

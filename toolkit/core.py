@@ -137,8 +137,11 @@ class Toolkit:
             self._embedder = None
 
     def tag(self, source: str | Path, tagger: str = "auto", on_item: "ItemCallback | None" = None,
-            on_listed: "Callable[[int], None] | None" = None) -> RunReport:
-        """Tag and index every image and video under `source` (a folder or s3://bucket/prefix)."""
+            on_listed: "Callable[[int], None] | None" = None, retag: bool = False) -> RunReport:
+        """Tag and index every image and video under `source` (a folder or s3://bucket/prefix).
+        Items already stored unchanged are skipped, unless `retag`: then they run through the
+        planned taggers again (after a model or vocabulary change), keeping the tags of
+        taggers not run now."""
         from toolkit.catalog import load_products
         from toolkit.pipeline import Pipeline
         from toolkit.tagging import plan_taggers
@@ -149,11 +152,11 @@ class Toolkit:
         plan = plan_taggers(tagger, self.settings, self.embedder)
         pipeline = Pipeline(connector=connector, embedder=self.embedder, store=self.store, plan=plan,
                             products=load_products(self.products_store), settings=self.settings,
-                            on_item=on_item, on_listed=on_listed)
+                            on_item=on_item, on_listed=on_listed, retag=retag)
         with self.store.keeping_saved_index():
             return pipeline.run(uri)
 
-    def plan(self, source: str | Path, tagger: str = "auto") -> "DryRunReport":
+    def plan(self, source: str | Path, tagger: str = "auto", retag: bool = False) -> "DryRunReport":
         """What `tag` would send to each tagger, and the billable units, without calling any."""
         from toolkit.planning import dry_run
         from toolkit.tagging import plan_taggers
@@ -162,7 +165,7 @@ class Toolkit:
         connector = registry.connector_for(uri, self.settings)
         connector.check(uri)
         plan = plan_taggers(tagger, self.settings, self.embedder)
-        return dry_run(connector, uri, plan, self.store, self.settings)
+        return dry_run(connector, uri, plan, self.store, self.settings, retag)
 
     def search(self, text: str | None = None, image: str | Path | bytes | None = None, k: int = 10,
                where: Where = None, min_score: float | None = None) -> list[Hit]:

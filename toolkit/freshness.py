@@ -2,9 +2,16 @@
 
 One check serves the tag run and its dry run, so `--dry-run` counts exactly the items (and
 the billable calls) that the real run would send.
+
+Taggers may declare a `version` (the local model does: its weights, label classifiers,
+vocabulary and threshold); records remember the version of each tagger that looked at them. A plain run
+ignores versions (it never re-sends an unchanged item), `--retag` re-sends an item to every
+tagger of the plan whose version differs or that declares none, so a killed `--retag` run
+picks up where it stopped.
 """
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Sequence
 
 from toolkit.models import MediaRef
@@ -18,9 +25,22 @@ if TYPE_CHECKING:
 Existing = list[tuple[str, dict]]
 
 
+def tagger_version(tagger: object) -> str | None:
+    version = getattr(tagger, "version", None)
+    return version if isinstance(version, str) and version else None
+
+
+def stored_versions(meta: dict) -> dict[str, str]:
+    try:
+        versions = json.loads(meta.get("tagger_versions") or "{}")
+    except ValueError:
+        return {}
+    return versions if isinstance(versions, dict) else {}
+
+
 class Freshness:
-    def __init__(self, store: "ChromaStore", plan: "TaggerPlan") -> None:
-        self.store, self.plan = store, plan
+    def __init__(self, store: "ChromaStore", plan: "TaggerPlan", retag: bool = False) -> None:
+        self.store, self.plan, self.retag = store, plan, retag
 
     def lookup(self, refs: Sequence[MediaRef]) -> dict[str, Existing]:
         """media id -> its stored records, in one query for a whole chunk of refs."""
@@ -41,3 +61,22 @@ class Freshness:
             same = ref.fingerprint is not None and meta.get("fingerprint") == ref.fingerprint
         required = {t.name for t in self.plan.get(meta.get("kind", "image"), [])}
         return same and required <= set(meta.get("providers", []))
+
+    def outdated(self, existing: Existing) -> set[str]:
+        """The plan's versioned taggers whose version differs from the one that tagged the item."""
+        if not existing:
+            return set()
+        meta = existing[0][1]
+        had = stored_versions(meta)
+        return {t.name for t in self.plan.get(meta.get("kind", "image"), [])
+                if (v := tagger_version(t)) is not None and had.get(t.name) != v}
+
+    def _retag_wanted(self, existing: Existing) -> bool:
+        if not self.retag or not existing:
+            return False
+        kind = existing[0][1].get("kind", "image")
+        return bool(self.outdated(existing)) or any(tagger_version(t) is None for t in self.plan.get(kind, []))
+
+    def skips(self, ref: MediaRef, existing: Existing, sha: str | None = None) -> bool:
+        """Whether the run leaves the item alone: current, and not wanted by `--retag`."""
+        return self.is_current(ref, existing, sha) and not self._retag_wanted(existing)

@@ -133,7 +133,12 @@ class RunReport:
     source: str
     new: int = 0
     updated: int = 0
+    #: Stored items run through the taggers again as they were (`tag --retag`).
+    retagged: int = 0
     unchanged: int = 0
+    #: Of the unchanged items, those tagged by an earlier version of a tagger of the run
+    #: (the local model before its weights, classifiers or vocabulary changed): `--retag` refreshes them.
+    outdated: int = 0
     skipped: list[ItemFailure] = field(default_factory=list)
     failed: list[ItemFailure] = field(default_factory=list)
     records_written: int = 0
@@ -144,4 +149,4 @@ class RunReport:
 
     @property
     def processed(self) -> int:
-        return self.new + self.updated
+        return self.new + self.updated + self.retagged

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from toolkit.catalog import ProductIndex
 from toolkit.embedding import embed_media
 from toolkit.errors import MediaError
-from toolkit.freshness import Existing, Freshness
+from toolkit.freshness import Existing, Freshness, stored_versions, tagger_version
 from toolkit.media import decode
 from toolkit.models import ItemFailure, Media, MediaRef, RunReport, Tag
 from toolkit.records import build_records, media_id, stored_media_tags
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from taggers.base import Embedder
     from toolkit.tagging import TaggerPlan
 
-#: Callback for progress: (ref, status, reason). status is new/updated/unchanged/skipped/failed.
+#: Callback for progress: (ref, status, reason). status is new/updated/retagged/unchanged/skipped/failed.
 ItemCallback = Callable[[MediaRef, str, str | None], None]
 
 
@@ -50,9 +50,11 @@ class WorkItem:
     ref: MediaRef
     existing: Existing = field(default_factory=list)
     media: Media | None = None
-    status: str = "new"  # new | updated | unchanged | skipped | failed
+    status: str = "new"  # new | updated | retagged | unchanged | skipped | failed
     reason: str | None = None
     refresh: bool = False
+    #: Left unchanged although a tagger of the plan has changed since it tagged the item.
+    outdated: bool = False
 
 
 def batched(it: Iterable, n: int) -> Iterator[list]:
@@ -155,13 +157,14 @@ class Pipeline:
     def __init__(self, *, connector: "Connector", embedder: "Embedder", store: "ChromaStore",
                  plan: "TaggerPlan", products: ProductIndex, settings: Settings,
                  on_item: ItemCallback | None = None, on_listed: Callable[[int], None] | None = None,
-                 chunk_size: int = 64, io_workers: int = 8) -> None:
+                 chunk_size: int = 64, io_workers: int = 8, retag: bool = False) -> None:
         self.connector, self.embedder, self.store = connector, embedder, store
         self.plan, self.products, self.settings = plan, products, settings
         self.on_item = on_item or (lambda ref, status, reason: None)
         self.on_listed = on_listed or (lambda n: None)
         self.chunk_size, self.io_workers = chunk_size, io_workers
-        self.freshness = Freshness(store, plan)
+        #: With `retag`, stored items go to the taggers that changed since they tagged them.
+        self.freshness = Freshness(store, plan, retag)
 
     # -- producer side: list, look up, read, decode ---------------------------------------------
 
@@ -171,10 +174,13 @@ class Pipeline:
             data = self.connector.read(item.ref)
             item.media = decode(item.ref, data, max_pixels=s.max_image_pixels, video_interval=s.video_interval,
                                 scene_threshold=s.video_scene_threshold, max_frames=s.video_max_frames)
-            if self.freshness.is_current(item.ref, item.existing, item.media.sha256):
+            if self.freshness.skips(item.ref, item.existing, item.media.sha256):
                 # Same bytes under a new fingerprint (a touched file, a re-upload): remember the
                 # new fingerprint so the next run need not read it again.
                 item.status, item.media, item.refresh = "unchanged", None, True
+                item.outdated = bool(self.freshness.outdated(item.existing))
+            elif self.freshness.is_current(item.ref, item.existing, item.media.sha256):
+                item.status = "retagged"
         except MediaError as exc:
             item.status, item.reason = "skipped", str(exc)
         except Exception as exc:  # one bad item must never end the run
@@ -194,7 +200,7 @@ class Pipeline:
                     items = [WorkItem(ref=r, existing=existing.get(media_id(r.uri), [])) for r in refs]
                     for it in items:
                         if it.existing:
-                            it.status = "unchanged" if self.freshness.is_current(it.ref, it.existing) else "updated"
+                            it.status = self._status_of_stored(it)
                     todo = [it for it in items if it.status != "unchanged"]
                     list(pool.map(self._load, todo))
                     out.put(items)
@@ -202,6 +208,12 @@ class Pipeline:
             out.put(exc)
         finally:
             out.put(None)
+
+    def _status_of_stored(self, it: WorkItem) -> str:
+        if self.freshness.skips(it.ref, it.existing):
+            it.outdated = bool(self.freshness.outdated(it.existing))
+            return "unchanged"
+        return "retagged" if self.freshness.is_current(it.ref, it.existing) else "updated"
 
     # -- consumer side: embed, tag, write ----------------------------------------------------------
 
@@ -321,7 +333,7 @@ class Pipeline:
             return None
         media_tags, frame_tags = self._merge_tags(it, results)
         records = build_records(it.media, media_tags, frame_tags, self.products.find(it.ref),
-                                providers=self._providers(it, results))
+                                providers=self._providers(it, results), versions=self._versions(it, results))
         it.media = None  # free the pixels: the records hold all that is stored
         return records
 
@@ -331,6 +343,15 @@ class Pipeline:
         if it.existing and it.existing[0][1].get("sha256") == it.media.sha256:
             ran |= set(it.existing[0][1].get("providers", []))
         return ran
+
+    def _versions(self, it: WorkItem, results: dict[str, object]) -> dict[str, str]:
+        """Versions of the taggers that ran now, plus those of earlier ones whose tags are kept."""
+        kept: dict[str, str] = {}
+        if it.existing and it.existing[0][1].get("sha256") == it.media.sha256:
+            kept = {k: v for k, v in stored_versions(it.existing[0][1]).items() if k not in results}
+        now = {t.name: v for t in self.plan.get(it.media.kind, [])
+               if t.name in results and (v := tagger_version(t)) is not None}
+        return {**kept, **now}
 
     def _merge_tags(self, it: WorkItem, results: dict[str, object]) -> tuple[list[Tag], dict[int, list[Tag]]]:
         """This run's tags, plus earlier tags from providers not run now (same content only)."""
@@ -350,8 +371,11 @@ class Pipeline:
             report.new += 1
         elif it.status == "updated":
             report.updated += 1
+        elif it.status == "retagged":
+            report.retagged += 1
         elif it.status == "unchanged":
             report.unchanged += 1
+            report.outdated += it.outdated
         elif it.status == "skipped":
             report.skipped.append(ItemFailure(it.ref.uri, it.reason or "skipped"))
         else:

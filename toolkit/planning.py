@@ -51,9 +51,10 @@ def _video_duration(data: bytes) -> float | None:
 
 
 def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "ChromaStore",
-            settings: Settings) -> DryRunReport:
+            settings: Settings, retag: bool = False) -> DryRunReport:
+    """`retag` as in the run: current items that a changed or unversioned tagger would see again count as sent."""
     report = DryRunReport(source=uri)
-    fresh = Freshness(store, plan)
+    fresh = Freshness(store, plan, retag)
     for refs in batched(connector.list(uri), 64):
         existing = fresh.lookup(refs)
         for ref in refs:
@@ -63,7 +64,7 @@ def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "Chroma
 
 def _plan_item(connector: "Connector", ref: MediaRef, existing: Existing, fresh: Freshness,
                plan: "TaggerPlan", report: DryRunReport) -> None:
-    if fresh.is_current(ref, existing):
+    if fresh.skips(ref, existing):
         report.unchanged += 1
         return
     data = connector.read(ref)
@@ -71,7 +72,7 @@ def _plan_item(connector: "Connector", ref: MediaRef, existing: Existing, fresh:
     if kind is None:
         report.skipped.append((ref.uri, "empty" if not data else "not an image or a video"))
         return
-    if fresh.is_current(ref, existing, hashlib.sha256(data).hexdigest()):
+    if fresh.skips(ref, existing, hashlib.sha256(data).hexdigest()):
         report.unchanged += 1  # same bytes under a new fingerprint: the run would not send it
         return
     media = Media(ref=ref, data=data, kind=kind, sha256="", mime="",

@@ -64,9 +64,11 @@ def filter_token(group: str, label: str) -> str:
     return f"{group.strip().lower()}:{label.strip().lower()}"
 
 
-def tag_fields(media_tags: list[Tag], frame_tags: list[Tag], providers: set[str]) -> Metadata:
+def tag_fields(media_tags: list[Tag], frame_tags: list[Tag], providers: set[str],
+               versions: dict[str, str] | None = None) -> Metadata:
     """`providers` are the taggers that have looked at the item, whether or not they gave a
-    label: a re-run must not send it to them again."""
+    label: a re-run must not send it to them again. `versions`: the version of each that
+    declares one (toolkit/freshness.py), for `tag --retag`."""
     fields: Metadata = {}
     for group, tag in best_by_group(media_tags).items():
         fields[TAG_PREFIX + group] = tag.label
@@ -75,6 +77,8 @@ def tag_fields(media_tags: list[Tag], frame_tags: list[Tag], providers: set[str]
     fields["tags"] = tokens
     fields["providers"] = sorted(providers | {t.provider for t in [*media_tags, *frame_tags]})
     fields["tags_json"] = json.dumps([tag_to_dict(t) for t in media_tags])
+    if versions:
+        fields["tagger_versions"] = json.dumps(versions, sort_keys=True)
     if frame_tags:
         fields["frame_tags_json"] = json.dumps([tag_to_dict(t) for t in frame_tags])
     return fields
@@ -101,13 +105,14 @@ def media_fields(ref: MediaRef, media: Media) -> Metadata:
 
 
 def build_records(media: Media, media_tags: list[Tag], frame_tags: dict[int, list[Tag]],
-                  product: Product | None, providers: set[str] = frozenset()) -> list[Record]:
+                  product: Product | None, providers: set[str] = frozenset(),
+                  versions: dict[str, str] | None = None) -> list[Record]:
     assert media.embeddings is not None and len(media.embeddings) == len(media.frames)
     base = {**media_fields(media.ref, media), **product_fields(product)}
     records = []
     for i, frame in enumerate(media.frames):
         frame_no = i if media.kind == "video" else None
-        meta = {**base, **tag_fields(media_tags, frame_tags.get(i, []), set(providers))}
+        meta = {**base, **tag_fields(media_tags, frame_tags.get(i, []), set(providers), versions)}
         if frame_no is not None:
             meta.update(frame=frame_no, timestamp=frame.timestamp)
         records.append(Record(id=record_id(media.ref.uri, media.sha256, frame_no),

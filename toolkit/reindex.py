@@ -28,6 +28,7 @@ from toolkit import registry
 from toolkit.catalog import _product_text, product_from_meta
 from toolkit.embedding import embed_media
 from toolkit.errors import StoreError
+from toolkit.freshness import stored_versions, tagger_version
 from toolkit.media import decode
 from toolkit.models import ItemFailure, Media, MediaRef, Tag
 from toolkit.records import (ATTR_PREFIX, PRODUCT_FIELDS, build_records, stored_frame_tags,
@@ -231,6 +232,7 @@ class Reindexer:
         media_tags: list[Tag] = list(local.tags) if local is not None else []
         frame_tags: dict[int, list[Tag]] = {i: list(t) for i, t in (local.frame_tags if local else {}).items()}
         providers = {LOCAL} if local is not None else set()
+        versions = {LOCAL: v} if local is not None and (v := tagger_version(self._local)) else {}
         if same:
             carried = [t for t in stored_media_tags(meta) if t.provider != LOCAL]
             media_tags.extend(carried)
@@ -239,9 +241,10 @@ class Reindexer:
                                                     if t.provider != LOCAL)
             cloud = set(meta.get("providers", [])) - {LOCAL}
             providers |= cloud
+            versions |= {k: v for k, v in stored_versions(meta).items() if k in cloud}
             for name in cloud:
                 self.report.carried[name] = self.report.carried.get(name, 0) + 1
-        records = build_records(media, media_tags, frame_tags, None, providers=providers)
+        records = build_records(media, media_tags, frame_tags, None, providers=providers, versions=versions)
         product = {k: v for k, v in meta.items() if k in PRODUCT_FIELDS or k.startswith(ATTR_PREFIX)}
         for r in records:
             r.metadata.update(product)

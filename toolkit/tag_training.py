@@ -103,7 +103,8 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
     and write them beside it; the heads' sidecar records their SHA-256 and training."""
     from taggers import weights
     from taggers.offline_model import OfflineEmbedder, cache_dir
-    from taggers.tag_heads import path_beside, save_tag_heads
+    from taggers.tag_heads import save_tag_heads
+    from taggers.weights import path_beside
     from toolkit.training import image_features, load_vocabulary, training_rows
 
     say = progress or (lambda _msg: None)
@@ -134,8 +135,7 @@ def _record_in_sidecar(heads_path: Path, out: Path, sha: str, training: dict) ->
     """The heads' sidecar names the classifiers beside them (the hash the tagger checks them
     against) and how they were trained. The shipped heads are checked against a hash pinned
     in taggers/weights.py instead: after retraining them, pin the printed SHA-256 there."""
-    from taggers.tag_heads import path_beside
-    from taggers.weights import sidecar_path
+    from taggers.weights import path_beside, sidecar_path
 
     sidecar = sidecar_path(heads_path)
     if out.resolve() != path_beside(heads_path).resolve() or not sidecar.is_file():
