@@ -92,7 +92,7 @@ def quality(model, featurizer, int8_bb, int8_file: Path) -> dict:
 
     class Int8:
         # The features cache is keyed by this: a re-quantised model must not reuse old features.
-        backbone_key = f"{featurizer.backbone_key}-int8-{file_sha256(int8_file)[:12]}"
+        features_key = f"{featurizer.backbone_key}-int8-{file_sha256(int8_file)[:12]}"
 
         def backbone(self, arrs: np.ndarray) -> np.ndarray:
             from taggers.offline_model import normalise

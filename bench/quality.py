@@ -147,21 +147,12 @@ def linear_probe(train_f: np.ndarray, train_r: list[dict], eval_f: np.ndarray, e
 
 def features_of(model: OfflineEmbedder):
     """The model's own image featurizer (its mid-level features and precision), for image_features;
-    int8 features are cached under their own key, never mixed with fp32 ones."""
+    its features_key keeps int8 features apart from fp32 ones."""
     feat = model.images
-    if model.precision == "fp32":
-        return feat
-    feat.runner()
-    from taggers.quantize import int8_path
-    from taggers.weights import file_sha256
-
-    class Int8:
-        backbone_key = f"{feat.backbone_key}-int8-{file_sha256(int8_path(feat.onnx_path()))[:12]}"
-        backbone = staticmethod(feat.backbone)
-        image_size = feat.image_size
-
-    assert feat.precision_used == "int8", "int8 quantisation failed; see the log"
-    return Int8()
+    if model.precision == "int8":
+        feat.runner()
+        assert feat.precision_used == "int8", "int8 quantisation failed; see the log"
+    return feat
 
 
 def throughput(paths: list[Path], heads: Path | None, threads: int, precision: str) -> dict:

@@ -162,6 +162,20 @@ class ImageFeaturizer:
         h = hashlib.sha256(f"{weights.EFFNET_WEIGHTS[self.backbone_name][3]}:{self.overrides_key}{mid}".encode())
         return h.hexdigest()[:16]
 
+    @property
+    def features_key(self) -> str:
+        """Names this featurizer's cached features (toolkit/training.py): the backbone key, plus
+        the int8 model's hash when it runs quantised, since int8 features are close to fp32's
+        but not equal. Loads the model only for int8, to learn whether quantising worked."""
+        if self.precision != "int8":
+            return self.backbone_key
+        self.runner()
+        if self.precision_used != "int8":  # PyTorch, or quantising failed: fp32 features
+            return self.backbone_key
+        from taggers.quantize import int8_path
+
+        return f"{self.backbone_key}-int8-{weights.file_sha256(int8_path(self.onnx_path()))[:12]}"
+
     def onnx_path(self) -> Path:
         short = self.backbone_name.replace("efficientnet-", "effnet-")
         return cache_dir() / "onnx" / f"{short}-{self.backbone_key}-{_ONNX_FORMAT}.onnx"

@@ -35,6 +35,9 @@ def test_int8_is_close_to_fp32_and_keeps_neighbours(photos):
     ranked = np.argsort(-(a @ a.T), axis=1)[:, 1:4]
     nearest_fp32 = np.argsort(-(b @ b.T), axis=1)[:, 1]
     assert np.mean([n in r for n, r in zip(nearest_fp32, ranked)]) >= 0.95
+    # Cached training features are kept apart by precision: int8 ones never stand in for fp32's.
+    assert fp32.images.features_key == fp32.images.backbone_key == int8.images.backbone_key
+    assert int8.images.features_key.startswith(int8.images.backbone_key + "-int8-")
 
 
 def test_unknown_precision_is_a_model_error():

@@ -146,8 +146,12 @@ def test_the_pipeline_hands_each_photo_s_features_to_the_classifiers(settings, s
     for name in ("tshirt", "heels"):
         shutil.copyfile(shared_data / "images" / f"{CLEAR[name]}.jpg", folder / f"{name}.jpg")
     tk = Toolkit(settings.model_copy(update={"heads_path": heads}))
-    report = tk.tag(folder, tagger="local")
+    seen = []
+    report = tk.tag(folder, tagger="local", on_media=seen.append)
     assert report.failed == [] and report.skipped == []
+    # What `toolkit eval` scores the tags from: each stored item, its features still on it.
+    assert sorted(m.ref.key for m in seen) == ["heels.jpg", "tshirt.jpg"]
+    assert all(m.features.shape == (1, 1848) and m.embeddings.shape == (1, tk.embedder.dim) for m in seen)
     stored = {r.metadata["key"]: r.metadata for r in tk.store.get(where={"key": {"$in": ["tshirt.jpg", "heels.jpg"]}})}
     assert {k: m["tag_article_type"] for k, m in stored.items()} == {"tshirt.jpg": "Watches", "heels.jpg": "Watches"}
     # Groups the classifier file leaves out still come from the prompts.

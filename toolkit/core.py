@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from taggers.base import Embedder
     from toolkit.catalog import ImportReport
     from toolkit.evaluation import EvalReport
-    from toolkit.pipeline import ItemCallback
+    from toolkit.pipeline import ItemCallback, MediaCallback
     from toolkit.planning import DryRunReport
     from toolkit.reindex import ReindexCallback, ReindexReport
 
@@ -137,11 +137,12 @@ class Toolkit:
             self._embedder = None
 
     def tag(self, source: str | Path, tagger: str = "auto", on_item: "ItemCallback | None" = None,
-            on_listed: "Callable[[int], None] | None" = None, retag: bool = False) -> RunReport:
+            on_listed: "Callable[[int], None] | None" = None, retag: bool = False,
+            on_media: "MediaCallback | None" = None) -> RunReport:
         """Tag and index every image and video under `source` (a folder or s3://bucket/prefix).
-        Items already stored unchanged are skipped, unless `retag`: then they run through the
-        planned taggers again (after a model or vocabulary change), keeping the tags of
-        taggers not run now."""
+        Items already stored unchanged are skipped, unless `retag`: then the items an earlier
+        version of a tagger tagged run through it again, keeping the tags of taggers not run
+        now. `on_media` sees each stored item with its embeddings (and image features)."""
         from toolkit.catalog import load_products
         from toolkit.pipeline import Pipeline
         from toolkit.tagging import plan_taggers
@@ -152,7 +153,7 @@ class Toolkit:
         plan = plan_taggers(tagger, self.settings, self.embedder)
         pipeline = Pipeline(connector=connector, embedder=self.embedder, store=self.store, plan=plan,
                             products=load_products(self.products_store), settings=self.settings,
-                            on_item=on_item, on_listed=on_listed, retag=retag)
+                            on_item=on_item, on_listed=on_listed, retag=retag, on_media=on_media)
         with self.store.keeping_saved_index():
             return pipeline.run(uri)
 

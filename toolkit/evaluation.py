@@ -45,6 +45,7 @@ from toolkit.errors import CatalogError, ConfigError, SourceError
 if TYPE_CHECKING:
     from taggers.clip_local import Group
     from toolkit.core import Toolkit
+    from toolkit.models import Media
     from toolkit.pipeline import ItemCallback
 
 Split = Literal["eval", "holdout", "all"]
@@ -144,24 +145,41 @@ def select(items: list[LabelledItem], split: Split, limit: int | None) -> list[L
 
 # ---- indexing into a scratch collection ----------------------------------------------------------
 
+@dataclass
+class Indexed:
+    """What the pipeline stored for each photo, in the items' order (None rows for photos it skipped)."""
+    embeddings: np.ndarray
+    stored: list[dict | None]
+    #: The image features the tagger read, per photo; None when the embedder gives none.
+    features: list[np.ndarray | None]
+    problems: list[str]
+
+
 def index_scratch(tk: "Toolkit", items: list[LabelledItem], on_item: "ItemCallback | None" = None,
-                  on_listed: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[dict], list[str]]:
+                  on_listed: Callable[[int], None] | None = None) -> Indexed:
     """Tag the photos into a fresh collection through the real pipeline, and read back each
-    photo's vector and stored metadata (None rows for photos the pipeline skipped)."""
+    photo's vector and stored metadata; the features the tagger read are kept on the way (the
+    store keeps vectors, not features), so scoring the tags needs no second backbone pass."""
     from toolkit.core import Toolkit
 
     name = f"eval-{uuid.uuid4().hex[:12]}"
     scratch = Toolkit(tk.settings.model_copy(update={"collection": name}), embedder=tk.embedder)
     folder = Path(tempfile.mkdtemp(prefix="toolkit-eval-"))
+    features: dict[str, np.ndarray] = {}
+
+    def keep_features(media: "Media") -> None:
+        if media.features is not None and len(media.features):
+            features[media.ref.key] = media.features[0]  # a video's first frame stands for it, as below
+
     try:
         keys = _link_photos(items, folder)
-        report = scratch.tag(folder, tagger="local", on_item=on_item, on_listed=on_listed)
-        found = _read_back(scratch, keys)
+        report = scratch.tag(folder, tagger="local", on_item=on_item, on_listed=on_listed, on_media=keep_features)
+        emb, stored = _read_back(scratch, keys)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         drop_collections(scratch, [name, f"{name}-products"])
     problems = [f.reason for f in [*report.skipped, *report.failed]]
-    return found[0], found[1], problems
+    return Indexed(emb, stored, [features.get(k) for k in keys], problems)
 
 
 def _link_photos(items: list[LabelledItem], folder: Path) -> list[str]:
@@ -399,13 +417,15 @@ def evaluate(catalog_csv: Path, images: Path, toolkit: "Toolkit | None" = None, 
     if len(items) < 2:
         raise CatalogError(f"{catalog_csv}: {len(items)} photo(s) in the {split} split; evaluation needs 2 or more "
                            f"(try --split all, or check --images)")
-    emb, stored, problems = index_scratch(tk, items, on_item, on_listed)
-    kept = [i for i, m in enumerate(stored) if m is not None]
-    items, emb, stored = [items[i] for i in kept], emb[kept], [stored[i] for i in kept]
+    indexed = index_scratch(tk, items, on_item, on_listed)
+    kept = [i for i, m in enumerate(indexed.stored) if m is not None]
+    items, emb, stored = [items[i] for i in kept], indexed.embeddings[kept], [indexed.stored[i] for i in kept]
+    feats = [indexed.features[i] for i in kept]
+    features = np.stack(feats) if feats and all(f is not None for f in feats) else None
     report = EvalReport(model_id=tk.embedder.model_id, split=split, items=len(items), metrics={},
                         attributes=[columns[g] for g in RETRIEVAL_GROUPS if g in columns],
-                        skipped=missing + problems)
-    _score(report, tk, tagger, columns, items, emb, stored)
+                        skipped=missing + indexed.problems)
+    _score(report, tk, tagger, columns, items, emb, stored, features)
     report.seconds = round(time.perf_counter() - started, 2)
     return report
 
@@ -420,7 +440,7 @@ def catalog_header(catalog_csv: Path) -> list[str]:
 
 
 def _score(report: EvalReport, tk: "Toolkit", tagger, columns: dict[str, str], items: list[LabelledItem],
-           emb: np.ndarray, stored: list[dict]) -> None:
+           emb: np.ndarray, stored: list[dict], features: np.ndarray | None) -> None:
     attrs = report.attributes
     labels = {a: label_array(items, a) for a in attrs}
     top = top_neighbours(emb, max(KS))
@@ -435,7 +455,7 @@ def _score(report: EvalReport, tk: "Toolkit", tagger, columns: dict[str, str], i
         txt = np.asarray(tk.embedder.embed_texts([items[i].title for i in titled]), np.float32)
         report.metrics.update({f"text.{k}": v for k, v in text_metrics(text_ranks(emb, txt, titled)).items()})
     _score_attribute_queries(report, tk, items, emb, labels)
-    _score_tags(report, tagger, columns, items, emb, stored, image_features(tk, items, tagger))
+    _score_tags(report, tagger, columns, items, emb, stored, features)
     _add_pictures(report, columns, items, emb, top, labels)
 
 
@@ -456,21 +476,6 @@ def _score_attribute_queries(report: EvalReport, tk: "Toolkit", items: list[Labe
     # Bounds only for the figures reported (`all` and `mean` need two attributes or more).
     report.ceilings.update({f"query.{name}.p@10": v for name, v in query_ceilings(labels, query_labels, 10).items()
                             if f"query.{name}.p@10" in report.metrics})
-
-
-def image_features(tk: "Toolkit", items: list[LabelledItem], tagger, batch: int = 64) -> np.ndarray | None:
-    """The image features the pipeline's tagger read for each photo, when it has label
-    classifiers (the store keeps vectors, not features): one more pass of the image backbone."""
-    from toolkit.embedding import wants_features
-    from toolkit.media import decode_image
-
-    if not tagger.classifier_columns() or not wants_features(tk.embedder):
-        return None
-    out = []
-    for start in range(0, len(items), batch):
-        images = [decode_image(it.image.read_bytes(), name=str(it.image)) for it in items[start:start + batch]]
-        out.append(tk.embedder.embed_images_with_features(images)[1])  # type: ignore[attr-defined]
-    return np.concatenate(out)
 
 
 def _score_tags(report: EvalReport, tagger, columns: dict[str, str], items: list[LabelledItem],

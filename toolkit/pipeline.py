@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 
 #: Callback for progress: (ref, status, reason). status is new/updated/retagged/unchanged/skipped/failed.
 ItemCallback = Callable[[MediaRef, str, str | None], None]
+#: Callback with each media item whose records were built: its frames' embeddings (and the
+#: image features behind them, where the embedder gives them) are still on it. Called on the
+#: writer thread, just before the item's pixels are freed.
+MediaCallback = Callable[[Media], None]
 
 
 @dataclass
@@ -157,10 +161,12 @@ class Pipeline:
     def __init__(self, *, connector: "Connector", embedder: "Embedder", store: "ChromaStore",
                  plan: "TaggerPlan", products: ProductIndex, settings: Settings,
                  on_item: ItemCallback | None = None, on_listed: Callable[[int], None] | None = None,
-                 chunk_size: int = 64, io_workers: int = 8, retag: bool = False) -> None:
+                 chunk_size: int = 64, io_workers: int = 8, retag: bool = False,
+                 on_media: MediaCallback | None = None) -> None:
         self.connector, self.embedder, self.store = connector, embedder, store
         self.plan, self.products, self.settings = plan, products, settings
         self.on_item = on_item or (lambda ref, status, reason: None)
+        self.on_media = on_media
         self.on_listed = on_listed or (lambda n: None)
         self.chunk_size, self.io_workers = chunk_size, io_workers
         #: With `retag`, stored items go to the taggers that changed since they tagged them.
@@ -334,6 +340,8 @@ class Pipeline:
         media_tags, frame_tags = self._merge_tags(it, results)
         records = build_records(it.media, media_tags, frame_tags, self.products.find(it.ref),
                                 providers=self._providers(it, results), versions=self._versions(it, results))
+        if self.on_media is not None:
+            self.on_media(it.media)
         it.media = None  # free the pixels: the records hold all that is stored
         return records
 

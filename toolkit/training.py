@@ -241,7 +241,7 @@ def image_features(paths: list[Path], featurizer, folder: Path, flip: bool,
         # The colour descriptor ignores left and right, so a mirror image needs none of its own.
         return {"feats": np.concatenate([colour_batch(arrs) for _, arrs in pictures(keys)])}
 
-    bb = _cached_rows(folder / f"backbone-{featurizer.backbone_key}.npz", hashes, backbone, ("feats", "mirror"))
+    bb = _cached_rows(folder / f"backbone-{featurizer.features_key}.npz", hashes, backbone, ("feats", "mirror"))
     # Colour is read from the pictures the backbone sees, so its cache is per picture size.
     col_name = f"colour-{COLOUR_VERSION}" + ("" if size == spec(LITE0).image_size else f"-{size}px")
     col = _cached_rows(folder / f"{col_name}.npz", hashes, colour, ("feats",))["feats"]
@@ -275,7 +275,7 @@ def augmented_features(paths: list[Path], featurizer, folder: Path, n_views: int
         return {"feats": np.concatenate(out)}
 
     keys = [f"{h}:{v}" for v in range(n_views) for h in hashes]
-    cache = folder / f"views-{AUGMENT_VERSION}-{featurizer.backbone_key}-{COLOUR_VERSION}.npz"
+    cache = folder / f"views-{AUGMENT_VERSION}-{featurizer.features_key}-{COLOUR_VERSION}.npz"
     feats = _cached_rows(cache, keys, compute, ("feats",))["feats"]
     return [feats[v * len(paths):(v + 1) * len(paths)] for v in range(n_views)]
 
