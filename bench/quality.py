@@ -31,7 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from taggers.clip_local import LocalTagger  # noqa: E402
 from taggers.backbone_specs import LITE0, spec  # noqa: E402
 from taggers.offline_model import BACKBONE_DIM, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
-from toolkit.evaluation import precision_at, query_ceilings  # noqa: E402
+from toolkit.evaluation import (precision_at, query_ceilings, text_metrics, text_ranks,  # noqa: E402
+                                top_neighbours)
 from toolkit.split import rows_for, train_rows  # noqa: E402
 from toolkit.training import image_features  # noqa: E402
 
@@ -50,25 +51,15 @@ def l2(x: np.ndarray) -> np.ndarray:
 
 
 def image_to_image(emb: np.ndarray, rows: list[dict], ks=(1, 5, 10)) -> dict:
-    """Precision@k of same-attribute neighbours, each eval photo querying all the others."""
-    sims = emb @ emb.T
-    np.fill_diagonal(sims, -np.inf)
-    top = np.argsort(-sims, axis=1)[:, : max(ks)]
-    out = {}
-    for a in ATTRS:
-        labels = np.array([r[a] for r in rows])
-        same = labels[top] == labels[:, None]
-        out[a] = {f"p@{k}": round(float(same[:, :k].mean()), 4) for k in ks}
-    return out
+    """Precision@k of same-attribute neighbours, each eval photo querying all the others,
+    scored as `toolkit eval` scores them."""
+    labels = {a: np.array([r[a] for r in rows], dtype=object) for a in ATTRS}
+    return precision_at(top_neighbours(emb, max(ks)), labels, ks)
 
 
 def text_to_image(img: np.ndarray, txt: np.ndarray) -> dict:
-    """Each title queries the gallery; rank of its own photo."""
-    sims = txt @ img.T
-    own = sims[np.arange(len(sims)), np.arange(len(sims))]
-    ranks = (sims > own[:, None]).sum(axis=1) + 1
-    return {"recall@1": round(float((ranks <= 1).mean()), 4), "recall@10": round(float((ranks <= 10).mean()), 4),
-            "mrr": round(float((1.0 / ranks).mean()), 4), "gallery": len(img)}
+    """Title i queries the gallery for photo i, scored as `toolkit eval` scores it."""
+    return {**text_metrics(text_ranks(img, txt, range(len(txt)))), "gallery": len(img)}
 
 
 def attribute_queries(model: OfflineEmbedder, img: np.ndarray, rows: list[dict], k: int = 10) -> dict:

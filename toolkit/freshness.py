@@ -4,10 +4,10 @@ One check serves the tag run and its dry run, so `--dry-run` counts exactly the 
 the billable calls) that the real run would send.
 
 Taggers may declare a `version` (the local model does: its weights, label classifiers,
-vocabulary and threshold); records remember the version of each tagger that looked at them. A plain run
-ignores versions (it never re-sends an unchanged item), `--retag` re-sends an item to every
-tagger of the plan whose version differs or that declares none, so a killed `--retag` run
-picks up where it stopped.
+vocabulary and threshold); records remember the version of each tagger that looked at them.
+A plain run ignores versions (it never re-sends an unchanged item); `--retag` re-sends an
+item to every tagger of the plan whose version differs or that declares none, so a killed
+`--retag` run picks up where it stopped.
 """
 from __future__ import annotations
 

@@ -133,11 +133,12 @@ class RunReport:
     source: str
     new: int = 0
     updated: int = 0
-    #: Stored items run through the taggers again as they were (`tag --retag`).
+    #: Unchanged stored items tagged again because a tagger changed since (`tag --retag`).
     retagged: int = 0
     unchanged: int = 0
     #: Of the unchanged items, those tagged by an earlier version of a tagger of the run
-    #: (the local model before its weights, classifiers or vocabulary changed): `--retag` refreshes them.
+    #: (the local model before its weights, classifiers, vocabulary or threshold changed):
+    #: `--retag` refreshes them.
     outdated: int = 0
     skipped: list[ItemFailure] = field(default_factory=list)
     failed: list[ItemFailure] = field(default_factory=list)
