@@ -345,33 +345,33 @@ class Pipeline:
         it.media = None  # free the pixels: the records hold all that is stored
         return records
 
-    def _providers(self, it: WorkItem, results: dict[str, object]) -> set[str]:
-        """The taggers that ran now, plus earlier ones whose tags are kept (same content only)."""
-        ran = set(results)
+    @staticmethod
+    def _kept(it: WorkItem) -> dict:
+        """The stored record whose earlier tags carry over: only for the same content ({} otherwise)."""
         if it.existing and it.existing[0][1].get("sha256") == it.media.sha256:
-            ran |= set(it.existing[0][1].get("providers", []))
-        return ran
+            return it.existing[0][1]
+        return {}
+
+    def _providers(self, it: WorkItem, results: dict[str, object]) -> set[str]:
+        """The taggers that ran now, plus earlier ones whose tags are kept."""
+        return set(results) | set(self._kept(it).get("providers", []))
 
     def _versions(self, it: WorkItem, results: dict[str, object]) -> dict[str, str]:
         """Versions of the taggers that ran now, plus those of earlier ones whose tags are kept."""
-        kept: dict[str, str] = {}
-        if it.existing and it.existing[0][1].get("sha256") == it.media.sha256:
-            kept = {k: v for k, v in stored_versions(it.existing[0][1]).items() if k not in results}
+        kept = {k: v for k, v in stored_versions(self._kept(it)).items() if k not in results}
         now = {t.name: v for t in self.plan.get(it.media.kind, [])
                if t.name in results and (v := tagger_version(t)) is not None}
         return {**kept, **now}
 
     def _merge_tags(self, it: WorkItem, results: dict[str, object]) -> tuple[list[Tag], dict[int, list[Tag]]]:
-        """This run's tags, plus earlier tags from providers not run now (same content only)."""
+        """This run's tags, plus earlier tags from providers not run now."""
         media_tags: list[Tag] = []
         frame_tags: dict[int, list[Tag]] = {}
         for res in results.values():
             media_tags.extend(res.tags)
             for i, tags in res.frame_tags.items():
                 frame_tags.setdefault(i, []).extend(tags)
-        if it.existing and it.existing[0][1].get("sha256") == it.media.sha256:
-            ran = set(results)
-            media_tags.extend(t for t in stored_media_tags(it.existing[0][1]) if t.provider not in ran)
+        media_tags.extend(t for t in stored_media_tags(self._kept(it)) if t.provider not in results)
         return media_tags, frame_tags
 
     def _count(self, it: WorkItem, report: RunReport) -> None:
