@@ -131,6 +131,7 @@ def test_retag_refreshes_only_the_changed_local_tagger_and_keeps_the_cloud_s_tag
     changed = Toolkit(load_settings(max_retries=1, azure_rate=100, tag_threshold=0.2), embedder=ColourEmbedder())
     plain = changed.tag(uri, tagger="local")
     assert (plain.unchanged, plain.outdated, plain.retagged) == (PHOTOS, PHOTOS, 0)
+    assert (changed.plan(uri, tagger="local").outdated, tk.plan(uri, tagger="local").outdated) == (PHOTOS, 0)
     plan = changed.plan(uri, tagger="local", retag=True)
     assert plan.unchanged == 0 and len(plan.lines["local"].items) == PHOTOS and "azure" not in plan.lines
     report = changed.tag(uri, tagger="local", retag=True)

@@ -212,6 +212,7 @@ def test_retag_refreshes_stored_tags_after_the_classifiers_change(shared_data, t
     watches_only(heads)
     plain = tag()
     assert "2 unchanged" in plain and "2 unchanged items were tagged by an earlier version" in plain
+    assert "unchanged (not sent): 2 (2 tagged by an earlier version" in tag("--dry-run")
     assert {k: t for k, (_, t, _) in stored().items()} == {k: t for k, (_, t, _) in before.items()}
 
     assert "local: 2 items" in tag("--retag", "--dry-run")

@@ -34,6 +34,8 @@ class DryRunReport:
     source: str
     lines: dict[str, TaggerPlanLine] = field(default_factory=dict)
     unchanged: int = 0
+    #: Of the unchanged items, those an earlier version of a tagger tagged (as in RunReport).
+    outdated: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -66,6 +68,7 @@ def _plan_item(connector: "Connector", ref: MediaRef, existing: Existing, fresh:
                plan: "TaggerPlan", report: DryRunReport) -> None:
     if fresh.skips(ref, existing):
         report.unchanged += 1
+        report.outdated += bool(fresh.outdated(existing))
         return
     data = connector.read(ref)
     kind = sniff(data).kind if data else None
@@ -74,6 +77,7 @@ def _plan_item(connector: "Connector", ref: MediaRef, existing: Existing, fresh:
         return
     if fresh.skips(ref, existing, hashlib.sha256(data).hexdigest()):
         report.unchanged += 1  # same bytes under a new fingerprint: the run would not send it
+        report.outdated += bool(fresh.outdated(existing))
         return
     media = Media(ref=ref, data=data, kind=kind, sha256="", mime="",
                   duration=_video_duration(data) if kind == "video" else None)

@@ -69,6 +69,8 @@ def _print_plan(plan, as_json: bool) -> None:
                   highlight=False)
         for item in line.items:
             out.print(f"    {item}", highlight=False, soft_wrap=True)
-    out.print(f"  unchanged (not sent): {plan.unchanged}", highlight=False)
+    outdated = f" ({plan.outdated} tagged by an earlier version of the local tagger: --retag sends them)" \
+        if plan.outdated else ""
+    out.print(f"  unchanged (not sent): {plan.unchanged}{outdated}", highlight=False)
     for uri, why in plan.skipped:
         out.print(f"  skipped {uri}: {why}", highlight=False, soft_wrap=True)
