@@ -54,7 +54,8 @@ def _video_duration(data: bytes) -> float | None:
 
 def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "ChromaStore",
             settings: Settings, retag: bool = False) -> DryRunReport:
-    """`retag` as in the run: current items that a changed or unversioned tagger would see again count as sent."""
+    """`retag` as in the run: current items that a changed or unversioned tagger would see
+    again count as sent."""
     report = DryRunReport(source=uri)
     fresh = Freshness(store, plan, retag)
     for refs in batched(connector.list(uri), 64):

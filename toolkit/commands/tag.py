@@ -13,9 +13,10 @@ def tag(
     tagger: str = typer.Option("auto", "--tagger", "-t",
                                help="auto (clouds where configured, local model otherwise), local, azure or gcp."),
     retag: bool = typer.Option(False, "--retag", help=(
-        "Tag items already stored again even when unchanged, after a model or vocabulary change. "
-        "Tags from taggers not run now are kept; clouds in the plan are called (and billed) again, "
-        "so use --tagger local to refresh only the local model's tags.")),
+        "Also tag the unchanged items an earlier version of the local tagger tagged (other model, "
+        "classifiers, vocabulary or threshold); a killed run resumes. Tags from taggers not run now "
+        "are kept. A cloud in the plan gets every item again (and bills), so use --tagger local "
+        "to refresh only the local model's tags.")),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be sent to each tagger, call nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON."),
 ) -> None:
