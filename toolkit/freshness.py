@@ -71,12 +71,15 @@ class Freshness:
         return {t.name for t in self.plan.get(meta.get("kind", "image"), [])
                 if (v := tagger_version(t)) is not None and had.get(t.name) != v}
 
-    def _retag_wanted(self, existing: Existing) -> bool:
-        if not self.retag or not existing:
-            return False
+    def status(self, ref: MediaRef, existing: Existing, sha: str | None = None) -> tuple[str, bool]:
+        """What the run does with a listed item: "unchanged" (left alone), "retagged" (current,
+        but `--retag` sends it to a changed or unversioned tagger) or "updated" (new content,
+        or a tagger of the plan has not seen it; also for an item not stored yet); and whether
+        an earlier version of a tagger of the plan tagged it."""
+        outdated = bool(self.outdated(existing))
+        if not self.is_current(ref, existing, sha):
+            return "updated", outdated
         kind = existing[0][1].get("kind", "image")
-        return bool(self.outdated(existing)) or any(tagger_version(t) is None for t in self.plan.get(kind, []))
-
-    def skips(self, ref: MediaRef, existing: Existing, sha: str | None = None) -> bool:
-        """Whether the run leaves the item alone: current, and not wanted by `--retag`."""
-        return self.is_current(ref, existing, sha) and not self._retag_wanted(existing)
+        if self.retag and (outdated or any(tagger_version(t) is None for t in self.plan.get(kind, []))):
+            return "retagged", outdated
+        return "unchanged", outdated

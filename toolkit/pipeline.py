@@ -180,12 +180,12 @@ class Pipeline:
             data = self.connector.read(item.ref)
             item.media = decode(item.ref, data, max_pixels=s.max_image_pixels, video_interval=s.video_interval,
                                 scene_threshold=s.video_scene_threshold, max_frames=s.video_max_frames)
-            if self.freshness.skips(item.ref, item.existing, item.media.sha256):
+            status, outdated = self.freshness.status(item.ref, item.existing, item.media.sha256)
+            if status == "unchanged":
                 # Same bytes under a new fingerprint (a touched file, a re-upload): remember the
                 # new fingerprint so the next run need not read it again.
-                item.status, item.media, item.refresh = "unchanged", None, True
-                item.outdated = bool(self.freshness.outdated(item.existing))
-            elif self.freshness.is_current(item.ref, item.existing, item.media.sha256):
+                item.status, item.media, item.refresh, item.outdated = "unchanged", None, True, outdated
+            elif status == "retagged":
                 item.status = "retagged"
         except MediaError as exc:
             item.status, item.reason = "skipped", str(exc)
@@ -206,7 +206,7 @@ class Pipeline:
                     items = [WorkItem(ref=r, existing=existing.get(media_id(r.uri), [])) for r in refs]
                     for it in items:
                         if it.existing:
-                            it.status = self._status_of_stored(it)
+                            it.status, it.outdated = self.freshness.status(it.ref, it.existing)
                     todo = [it for it in items if it.status != "unchanged"]
                     list(pool.map(self._load, todo))
                     out.put(items)
@@ -214,12 +214,6 @@ class Pipeline:
             out.put(exc)
         finally:
             out.put(None)
-
-    def _status_of_stored(self, it: WorkItem) -> str:
-        if self.freshness.skips(it.ref, it.existing):
-            it.outdated = bool(self.freshness.outdated(it.existing))
-            return "unchanged"
-        return "retagged" if self.freshness.is_current(it.ref, it.existing) else "updated"
 
     # -- consumer side: embed, tag, write ----------------------------------------------------------
 

@@ -67,19 +67,15 @@ def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "Chroma
 
 def _plan_item(connector: "Connector", ref: MediaRef, existing: Existing, fresh: Freshness,
                plan: "TaggerPlan", report: DryRunReport) -> None:
-    if fresh.skips(ref, existing):
-        report.unchanged += 1
-        report.outdated += bool(fresh.outdated(existing))
+    if _left_alone(fresh.status(ref, existing), report):
         return
     data = connector.read(ref)
     kind = sniff(data).kind if data else None
     if kind is None:
         report.skipped.append((ref.uri, "empty" if not data else "not an image or a video"))
         return
-    if fresh.skips(ref, existing, hashlib.sha256(data).hexdigest()):
-        report.unchanged += 1  # same bytes under a new fingerprint: the run would not send it
-        report.outdated += bool(fresh.outdated(existing))
-        return
+    if _left_alone(fresh.status(ref, existing, hashlib.sha256(data).hexdigest()), report):
+        return  # same bytes under a new fingerprint: the run would not send it
     media = Media(ref=ref, data=data, kind=kind, sha256="", mime="",
                   duration=_video_duration(data) if kind == "video" else None)
     for tagger in plan.get(kind, []):
@@ -89,6 +85,15 @@ def _plan_item(connector: "Connector", ref: MediaRef, existing: Existing, fresh:
         line.items.append(describe(media) if describe else f"{tagger.name} {kind} {ref.uri}")
         line.units += _units(tagger, media)
         line.cost_usd = round(line.units * line.unit_price_usd, 4)
+
+
+def _left_alone(status: tuple[str, bool], report: DryRunReport) -> bool:
+    """Counts an item the run would leave unchanged (and whether it is outdated)."""
+    if status[0] != "unchanged":
+        return False
+    report.unchanged += 1
+    report.outdated += status[1]
+    return True
 
 
 def _units(tagger, media: Media) -> float:
