@@ -14,8 +14,9 @@ import pytest
 
 from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_products_csv
 from toolkit.errors import ConfigError
-from toolkit.evaluation import (attribute_query_labels, confusion, failed_gates, image_ceilings, metric_names,
-                                parse_gate, pca_2d, precision_at, query_ceilings, tag_scores, text_metrics, text_ranks,
+from toolkit.evaluation import (attribute_query_labels, confusion, failed_gates, image_ceilings, margin, metric_names,
+                                narrow_gates, parse_gate, pca_2d, precision_at, precision_margins, query_ceilings,
+                                tag_scores, text_margins, text_metrics, text_ranks,
                                 top_for_queries, top_neighbours)
 
 TOOLKIT = str(Path(sys.executable).parent / "toolkit")
@@ -39,6 +40,20 @@ def test_neighbours_and_precision_match_a_hand_worked_case():
     assert p["kind"] == {"p@1": 0.5, "p@2": 0.625}      # (1+1+0+0)/4, (1+1+0+0.5)/4
     assert p["side"] == {"p@1": 1.0, "p@2": 0.5}        # every nearest is same side; second never
     assert p["all"] == {"p@1": 0.5, "p@2": 0.25}        # both labels: a->b, b->a only
+    m = precision_margins(top, {"kind": kind, "side": side}, ks=(1, 2))
+    # kind, per query: p@1 1, 1, 0, 0 (sd 0.577) and p@2 1, 1, 0, 0.5 (sd 0.479); 1.96 sd / sqrt(4)
+    assert m["kind"] == {"p@1": 0.5658, "p@2": 0.4691}
+    assert m["side"]["p@1"] == 0.0                      # every query right: nothing to vary
+
+
+def test_a_95_percent_margin_holds_the_true_rate_95_times_in_100():
+    assert margin([0, 1, 0, 1]) == 0.5658 and margin([1]) == 0.0 and margin([]) == 0.0
+    rng = np.random.default_rng(0)
+    held = 0
+    for _ in range(2000):
+        right = rng.random(400) < 0.7  # 400 photos, each tagged right with probability 0.7
+        held += abs(right.mean() - 0.7) <= margin(right)
+    assert 0.93 <= held / 2000 <= 0.97
 
 
 def test_a_query_without_a_label_is_left_out_and_a_result_without_one_is_wrong():
@@ -118,6 +133,8 @@ def test_text_ranks_recall_and_mrr_match_a_hand_worked_case():
     ranks = text_ranks(img, txt, [0, 1, 2])
     assert ranks.tolist() == [1, 2, 3]
     assert text_metrics(ranks) == {"recall@1": 0.3333, "recall@10": 1.0, "mrr": 0.6111}
+    # recall@1 per title 1, 0, 0 (sd 0.577); 1/rank 1, 1/2, 1/3 (sd 0.347); recall@10 always 1
+    assert text_margins(ranks) == {"recall@1": 0.6533, "recall@10": 0.0, "mrr": 0.3926}
 
 
 def test_text_ranks_keep_untitled_photos_in_the_gallery():
@@ -137,6 +154,8 @@ def test_tag_scores_separate_best_label_accuracy_from_stored_tags():
     assert s["accuracy@threshold"] == 0.5    # of those, one is right
     assert s["most_confused"] == [{"truth": "Shirts", "predicted": "Tshirts", "n": 1},
                                   {"truth": "Jeans", "predicted": "Shirts", "n": 1}]
+    # right 1, 0, 1, 0 and stored 1, 0, 0, 1 over 4 photos; right among the 2 stored: 1, 0
+    assert s["margins"] == {"accuracy": 0.5658, "coverage": 0.5658, "accuracy@threshold": 0.98}
 
 
 def test_confusion_rows_sum_to_each_labels_photos():
@@ -173,6 +192,12 @@ def test_gates_parse_and_report_what_fell():
     metrics = {"image.articleType.p@5": 0.71, "text.mrr": 0.5}
     assert failed_gates(metrics, [("image.articleType.p@5", 0.85), ("text.mrr", 0.4)]) == \
         ["image.articleType.p@5 = 0.71 < 0.85"]
+    margins = {"image.articleType.p@5": 0.021, "text.mrr": 0.03}
+    assert failed_gates(metrics, [("image.articleType.p@5", 0.85)], margins) == \
+        ["image.articleType.p@5 = 0.71 < 0.85 (±0.021 at 95%)"]
+    # text.mrr passes 0.48 by 0.02, less than its margin: a rerun on other photos could fail it.
+    assert narrow_gates(metrics, [("text.mrr", 0.48), ("text.mrr", 0.4), ("image.articleType.p@5", 0.85)],
+                        margins) == ["text.mrr = 0.5 >= 0.48 (±0.03 at 95%)"]
     with pytest.raises(ConfigError, match="names no metric: text.mmr"):
         failed_gates(metrics, [("text.mmr", 0.4)])
 
@@ -230,6 +255,9 @@ def test_evaluate_scores_real_photos_and_leaves_the_users_store_as_it_was(user_t
     ranked = {k for k in report.metrics if k.startswith(("image.", "query."))}
     assert set(report.ceilings) == ranked
     assert all(report.metrics[k] <= report.ceilings[k] <= 1.0 for k in ranked)
+    assert set(report.margins) == set(report.metrics)
+    assert all(0.0 <= m <= 0.5 for m in report.margins.values())
+    assert all(report.margins[k] > 0 for k in ranked if 0 < report.metrics[k] < 1)
     assert report.attribute_queries > 0
     json.dumps(to_jsonable(report))  # JSON-able as it stands
 
@@ -270,6 +298,8 @@ def test_html_report_holds_the_plots_and_the_pictures(settings, shared_data, pho
         assert plot in page
     assert page.count("<svg class=confusion") == len(report.tags)
     assert page.count(f"<td class=v>{report.ceilings['query.mean.p@10']:.3f}</td>") >= 1
+    assert "<th>95% interval</th>" in page
+    assert f"<td class=v>±{report.margins['image.articleType.p@5']:.3f}</td>" in page
     assert page.count("<circle") == len(report.map["x"]) == 40
     strip = sum(1 + len(ex["hits"]) for ex in report.examples)
     assert strip == 6 * 6
@@ -293,12 +323,14 @@ def test_cli_gates_exit_1_naming_each_failed_metric(shared_data, photos, tmp_pat
     assert res.returncode == 1, res.stderr
     failed = [line for line in res.stderr.splitlines() if line.startswith("failed gate:")]
     assert len(failed) == 2
-    assert failed[0].startswith("failed gate: image.articleType.p@5 = ") and failed[0].endswith(" < 1.5")
+    assert failed[0].startswith("failed gate: image.articleType.p@5 = ") and " < 1.5 (±" in failed[0]
+    assert failed[0].endswith(" at 95%)")
     assert failed[1].startswith("failed gate: tags.gender.accuracy = ")
     assert "image p@5" in res.stdout and "text (title -> photo)" in res.stdout
-    assert "best p@10" in res.stdout and "query mean p@10" in res.stdout
+    assert "best p@10" in res.stdout and "query mean p@10" in res.stdout and "±95% p@5" in res.stdout
     saved = json.loads((tmp_path / "rep" / "eval.json").read_text(encoding="utf-8"))
     assert saved["items"] == 30 and saved["model_id"] != ColourEmbedder.model_id
+    assert set(saved["margins"]) == set(saved["metrics"])
     # The shipped model tags with its classifiers too, and the scores say so.
     assert {t["method"] for c, t in saved["tags"].items()} == {"prompts+classifier"}
     assert (tmp_path / "rep" / "eval.html").is_file()

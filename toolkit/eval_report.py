@@ -39,7 +39,7 @@ def render(report: EvalReport) -> str:
              f"<h1>Evaluation of {escape(report.model_id)}</h1>",
              f"<p>{report.items} photos ({escape(report.split)} split), {report.attribute_queries} attribute queries, "
              f"{len(report.skipped)} skipped, {report.seconds:.0f} s.</p>",
-             "<h2>Metrics</h2>", metrics_table(report.metrics, report.ceilings),
+             "<h2>Metrics</h2>", metrics_table(report.metrics, report.ceilings, report.margins),
              "<h2>Image-to-image precision@5 per category</h2>", bars(report.per_category),
              "<h2>Tag confusion (rows: catalog label, columns: best predicted label)</h2>"]
     parts += [f"<h3>{escape(col)}</h3>" + confusion_svg(t["confusion"]) for col, t in report.tags.items()]
@@ -49,12 +49,15 @@ def render(report: EvalReport) -> str:
     return "\n".join(parts)
 
 
-def metrics_table(metrics: dict[str, float], ceilings: dict[str, float] | None = None) -> str:
-    """Each metric with, where the labels bound it, the best any ranking could score."""
-    ceilings = ceilings or {}
+def metrics_table(metrics: dict[str, float], ceilings: dict[str, float] | None = None,
+                  margins: dict[str, float] | None = None) -> str:
+    """Each metric with its 95% margin and, where the labels bound it, the best any ranking could score."""
+    ceilings, margins = ceilings or {}, margins or {}
     rows = "".join(f"<tr><td>{escape(k)}</td><td class=v>{v:.3f}</td>"
+                   f"<td class=v>{f'±{margins[k]:.3f}' if k in margins else ''}</td>"
                    f"<td class=v>{f'{ceilings[k]:.3f}' if k in ceilings else ''}</td></tr>" for k, v in metrics.items())
-    return f"<table class=m><tr><th>metric</th><th>value</th><th>best possible</th></tr>{rows}</table>"
+    return ("<table class=m><tr><th>metric</th><th>value</th><th>95% interval</th><th>best possible</th></tr>"
+            f"{rows}</table>")
 
 
 def bars(per_category: dict[str, dict[str, float]], width: int = 640, row: int = 18) -> str:

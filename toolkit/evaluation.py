@@ -24,6 +24,11 @@ could reach on these labels: a photo whose label only 3 others share scores at m
 p@5, and a query whose every label only 3 photos share at most 0.3 for `all`. query.ATTR's
 ceiling is that attribute's alone; query.mean's is that of all of them at once, since a top 10
 filled with one attribute's matches can crowd out another's.
+
+`EvalReport.margins` holds, for every metric, the half-width of its 95% interval: each figure
+is a mean over the photos, titles or queries scored, and as many other photos of the same
+catalog would give a figure within about that much of it. A `--fail-under` gate set closer
+than that to a model's figure fails by chance now and then (`narrow_gates` names such gates).
 """
 from __future__ import annotations
 
@@ -62,6 +67,8 @@ EXAMPLES = 6
 EXAMPLE_HITS = 5
 #: Rows of the similarity matrix computed at once: 1,024 x 8,083 floats is 33 MB.
 CHUNK = 1024
+#: Standard normal quantile of a two-sided 95% interval.
+Z95 = 1.96
 
 
 @dataclass
@@ -85,6 +92,8 @@ class EvalReport:
     attribute_queries: int = 0
     #: metric name -> the best any ranking could score on these labels (image.* and query.*)
     ceilings: dict[str, float] = field(default_factory=dict)
+    #: metric name -> half-width of its 95% interval over the photos or queries scored
+    margins: dict[str, float] = field(default_factory=dict)
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)
     tags: dict[str, dict] = field(default_factory=dict)
     map: dict[str, list] = field(default_factory=dict)
@@ -247,26 +256,44 @@ def precision_at(top: np.ndarray, labels: dict[str, np.ndarray], ks: Sequence[in
     """Per attribute (and `all`), precision@k of `top` (queries x ranked gallery indices):
     the share of results whose label equals the query's. Queries without the label are left
     out; results without it count as wrong. Labels of the queries default to the gallery's."""
+    return {attr: {f"p@{k}": round(float(same[:, :k].mean()), 4) if same.size else 0.0 for k in ks}
+            for attr, same in _hits(top, labels, query_labels).items()}
+
+
+def precision_margins(top: np.ndarray, labels: dict[str, np.ndarray], ks: Sequence[int] = KS,
+                      query_labels: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """The 95% margins of `precision_at`'s figures: over the queries, each its own precision@k."""
+    return {attr: {f"p@{k}": margin(same[:, :k].mean(axis=1)) for k in ks}
+            for attr, same in _hits(top, labels, query_labels).items()}
+
+
+def _hits(top: np.ndarray, labels: dict[str, np.ndarray],
+          query_labels: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Per attribute (and `all`), which results share the query's label, for the queries that have it."""
     query_labels = query_labels or labels
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, np.ndarray] = {}
     every = np.ones(top.shape, dtype=bool)
     has_all = np.ones(len(top), dtype=bool)
     for attr, gallery in labels.items():
         q = query_labels[attr]
         same = gallery[top] == q[:, None]
         has = q != ""
-        out[attr] = _at_k(same[has], ks)
+        out[attr] = same[has]
         every &= same
         has_all &= has
     if len(labels) > 1:
-        out["all"] = _at_k(every[has_all], ks)
+        out["all"] = every[has_all]
     return out
 
 
-def _at_k(same: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    if same.size == 0:
-        return {f"p@{k}": 0.0 for k in ks}
-    return {f"p@{k}": round(float(same[:, :k].mean()), 4) for k in ks}
+def margin(values: Sequence[float] | np.ndarray) -> float:
+    """Half-width of the 95% interval of the mean of `values` (one per photo or query scored):
+    1.96 standard errors, by the normal approximation, which holds for the hundreds of photos
+    an evaluation needs. 0.0 for fewer than two values."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return 0.0
+    return round(float(Z95 * v.std(ddof=1) / np.sqrt(v.size)), 4)
 
 
 def image_ceilings(labels: dict[str, np.ndarray], ks: Sequence[int] = KS) -> dict[str, dict[str, float]]:
@@ -344,6 +371,13 @@ def text_metrics(ranks: np.ndarray) -> dict[str, float]:
             "mrr": round(float((1.0 / ranks).mean()), 4)}
 
 
+def text_margins(ranks: np.ndarray) -> dict[str, float]:
+    """The 95% margins of `text_metrics`' figures, over the titles."""
+    if len(ranks) == 0:
+        return {}
+    return {"recall@1": margin(ranks <= 1), "recall@10": margin(ranks <= 10), "mrr": margin(1.0 / ranks)}
+
+
 def attribute_query_labels(items: Sequence[LabelledItem], columns: Sequence[str]) -> list[tuple[str, ...]]:
     """Label combinations ("Men", "Black", "Casual Shoes") held by two photos or more, in first-seen
     order: a combination only one photo has would score that photo's luck, not the model."""
@@ -364,11 +398,14 @@ def tag_scores(pred: Sequence[str], stored: Sequence[str | None], truth: Sequenc
         return {"n": 0, "accuracy": 0.0, "coverage": 0.0, "accuracy@threshold": 0.0, "most_confused": []}
     right = [_norm(pred[i]) == _norm(truth[i]) for i in keep]
     shown = [i for i in keep if stored[i]]
+    right_shown = [_norm(stored[i]) == _norm(truth[i]) for i in shown]
+    covered = [bool(stored[i]) for i in keep]
     confused = Counter((truth[i], pred[i]) for i, ok in zip(keep, right) if not ok).most_common(5)
     return {"n": len(keep), "accuracy": round(float(np.mean(right)), 4),
             "coverage": round(len(shown) / len(keep), 4),
-            "accuracy@threshold": round(float(np.mean([_norm(stored[i]) == _norm(truth[i]) for i in shown])), 4)
-            if shown else 0.0,
+            "accuracy@threshold": round(float(np.mean(right_shown)), 4) if shown else 0.0,
+            "margins": {"accuracy": margin(right), "coverage": margin(covered),
+                        "accuracy@threshold": margin(right_shown)},
             "most_confused": [{"truth": t, "predicted": p, "n": n} for (t, p), n in confused]}
 
 
@@ -447,13 +484,17 @@ def _score(report: EvalReport, tk: "Toolkit", tagger, columns: dict[str, str], i
     if attrs:
         for attr, by_k in precision_at(top, labels).items():
             report.metrics.update({f"image.{attr}.{k}": v for k, v in by_k.items()})
+        for attr, by_k in precision_margins(top, labels).items():
+            report.margins.update({f"image.{attr}.{k}": v for k, v in by_k.items()})
         for attr, by_k in image_ceilings(labels).items():
             report.ceilings.update({f"image.{attr}.{k}": v for k, v in by_k.items()})
     titled = [i for i, it in enumerate(items) if it.title]
     if titled:
         # Untitled photos stay in the gallery: a title's photo is ranked among all of them.
         txt = np.asarray(tk.embedder.embed_texts([items[i].title for i in titled]), np.float32)
-        report.metrics.update({f"text.{k}": v for k, v in text_metrics(text_ranks(emb, txt, titled)).items()})
+        ranks = text_ranks(emb, txt, titled)
+        report.metrics.update({f"text.{k}": v for k, v in text_metrics(ranks).items()})
+        report.margins.update({f"text.{k}": v for k, v in text_margins(ranks).items()})
     _score_attribute_queries(report, tk, items, emb, labels)
     _score_tags(report, tagger, columns, items, emb, stored, features)
     _add_pictures(report, columns, items, emb, top, labels)
@@ -471,8 +512,11 @@ def _score_attribute_queries(report: EvalReport, tk: "Toolkit", items: list[Labe
     query_labels = {a: np.array([_norm(c[i]) for c in combos], dtype=object) for i, a in enumerate(attrs)}
     for attr, by_k in precision_at(top, labels, ks=(10,), query_labels=query_labels).items():
         report.metrics[f"query.{attr}.p@10"] = by_k["p@10"]
+    hits = _hits(top, labels, query_labels)  # every query names every label: rows line up across attributes
+    report.margins.update({f"query.{attr}.p@10": margin(same.mean(axis=1)) for attr, same in hits.items()})
     if len(attrs) > 1:
         report.metrics["query.mean.p@10"] = round(float(np.mean([report.metrics[f"query.{a}.p@10"] for a in attrs])), 4)
+        report.margins["query.mean.p@10"] = margin(np.mean([hits[a].mean(axis=1) for a in attrs], axis=0))
     # Bounds only for the figures reported (`all` and `mean` need two attributes or more).
     report.ceilings.update({f"query.{name}.p@10": v for name, v in query_ceilings(labels, query_labels, 10).items()
                             if f"query.{name}.p@10" in report.metrics})
@@ -497,6 +541,7 @@ def _score_tags(report: EvalReport, tagger, columns: dict[str, str], items: list
         report.tags[column] = scores
         for k in ("accuracy", "coverage", "accuracy@threshold"):
             report.metrics[f"tags.{column}.{k}"] = scores[k]
+            report.margins[f"tags.{column}.{k}"] = scores["margins"][k]
 
 
 def _add_pictures(report: EvalReport, columns: dict[str, str], items: list[LabelledItem], emb: np.ndarray,
@@ -545,10 +590,24 @@ def parse_gate(text: str) -> tuple[str, float]:
     return m.group(1), float(m.group(2))
 
 
-def failed_gates(metrics: dict[str, float], gates: Sequence[tuple[str, float]]) -> list[str]:
+def failed_gates(metrics: dict[str, float], gates: Sequence[tuple[str, float]],
+                 margins: dict[str, float] | None = None) -> list[str]:
     """One line per gate the figures fall under; a gate naming no metric is an error, not a pass."""
     check_gate_names(gates, set(metrics))
-    return [f"{name} = {metrics[name]:.4g} < {floor:g}" for name, floor in gates if metrics[name] < floor]
+    return [f"{name} = {metrics[name]:.4g} < {floor:g}{_plus_minus(margins, name)}"
+            for name, floor in gates if metrics[name] < floor]
+
+
+def narrow_gates(metrics: dict[str, float], gates: Sequence[tuple[str, float]],
+                 margins: dict[str, float]) -> list[str]:
+    """One line per gate passed by less than the figure's 95% margin: another sample of the same
+    catalog could fail it, so a CI gate set there will fail now and then with no model change."""
+    return [f"{name} = {metrics[name]:.4g} >= {floor:g}{_plus_minus(margins, name)}"
+            for name, floor in gates if name in metrics and floor <= metrics[name] < floor + margins.get(name, 0.0)]
+
+
+def _plus_minus(margins: dict[str, float] | None, name: str) -> str:
+    return f" (±{margins[name]:.2g} at 95%)" if margins and name in margins else ""
 
 
 def metric_names(columns: dict[str, str]) -> set[str]:

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from toolkit.commands.output import err, out, print_json, to_jsonable
 from toolkit.core import Toolkit
-from toolkit.evaluation import EvalReport, check_gate_names, failed_gates, parse_gate, planned_metrics
+from toolkit.evaluation import (EvalReport, check_gate_names, failed_gates, narrow_gates, parse_gate,
+                                planned_metrics)
 
 
 def eval_(
@@ -43,7 +44,9 @@ def eval_(
       tags.COL.coverage          share tagged over the threshold
       tags.COL.accuracy@threshold  share of those tags that are right
     (COL: articleType, baseColour, gender, masterCategory, usage, season)
-    The "best" rows: the most any ranking could score with these labels.
+    The "best" rows: the most any ranking could score with these labels; the
+    "±95%" ones: as many other photos of the catalog would give figures within
+    that much, so a gate closer than that to the figure fails by chance.
 
     \b
     Example: --fail-under image.articleType.p@5=0.85
@@ -60,7 +63,10 @@ def eval_(
     else:
         print_table(report)
     err.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.html'}", highlight=False, soft_wrap=True)
-    failures = failed_gates(report.metrics, gates)
+    failures = failed_gates(report.metrics, gates, report.margins)
+    for line in narrow_gates(report.metrics, gates, report.margins):
+        err.print(f"passed gate within its 95% interval (it may fail on a rerun with other photos): {line}",
+                  highlight=False, soft_wrap=True)
     for line in failures:
         err.print(f"failed gate: {line}", highlight=False, soft_wrap=True)
     if failures:
@@ -93,21 +99,26 @@ def print_table(r: EvalReport) -> None:
     attrs = r.attributes + (["all"] if len(r.attributes) > 1 else [])
     t = Table("retrieval", *attrs, title=None, box=None, pad_edge=False)
     best = r.ceilings
+    pm = r.margins
     for k in ("p@1", "p@5", "p@10"):
         t.add_row(f"image {k}", *[_cell(m, f"image.{a}.{k}") for a in attrs])
+    t.add_row("  ±95% p@5", *[_cell(pm, f"image.{a}.p@5") for a in attrs])
     t.add_row("  best p@5", *[_cell(best, f"image.{a}.p@5") for a in attrs])
     t.add_row("query p@10", *[_cell(m, f"query.{a}.p@10") for a in attrs])
+    t.add_row("  ±95% p@10", *[_cell(pm, f"query.{a}.p@10") for a in attrs])
     t.add_row("  best p@10", *[_cell(best, f"query.{a}.p@10") for a in attrs])
     out.print(t)
     if "query.mean.p@10" in m:
-        out.print(f"query mean p@10 {_cell(m, 'query.mean.p@10')} (best possible {_cell(best, 'query.mean.p@10')}: "
-                  "one top 10 has to match every named label)", highlight=False, soft_wrap=True)
+        out.print(f"query mean p@10 {_cell(m, 'query.mean.p@10')} ±{_cell(pm, 'query.mean.p@10')} (best possible "
+                  f"{_cell(best, 'query.mean.p@10')}: one top 10 has to match every named label)",
+                  highlight=False, soft_wrap=True)
     out.print(f"text (title -> photo): recall@1 {_cell(m, 'text.recall@1')}  recall@10 {_cell(m, 'text.recall@10')}"
-              f"  mrr {_cell(m, 'text.mrr')}", highlight=False, soft_wrap=True)
-    tags = Table("tags", "accuracy", "coverage", "acc@thr", "most confused", box=None, pad_edge=False)
+              f" ±{_cell(pm, 'text.recall@10')}  mrr {_cell(m, 'text.mrr')}", highlight=False, soft_wrap=True)
+    tags = Table("tags", "accuracy", "±95%", "coverage", "acc@thr", "most confused", box=None, pad_edge=False)
     for col, s in r.tags.items():
         confused = "; ".join(f"{c['truth']} -> {c['predicted']} ({c['n']})" for c in s["most_confused"][:3])
-        tags.add_row(col, f"{s['accuracy']:.3f}", f"{s['coverage']:.3f}", f"{s['accuracy@threshold']:.3f}", confused)
+        tags.add_row(col, f"{s['accuracy']:.3f}", _cell(pm, f"tags.{col}.accuracy"), f"{s['coverage']:.3f}",
+                     f"{s['accuracy@threshold']:.3f}", confused)
     # Piped into a CI log (no terminal), keep each label's confusions on one line.
     out.print(tags, width=None if out.is_terminal else 160)
 
