@@ -15,8 +15,8 @@ import pytest
 from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_products_csv
 from toolkit.errors import ConfigError
 from toolkit.evaluation import (attribute_query_labels, confusion, failed_gates, image_ceilings, margin, metric_names,
-                                narrow_gates, parse_gate, pca_2d, precision_at, precision_margins, query_ceilings,
-                                tag_scores, text_margins, text_metrics, text_ranks,
+                                narrow_gates, parse_gate, pca_2d, precision_at, query_ceilings, query_precision,
+                                tag_hits, tag_scores, text_metrics, text_ranks, title_scores,
                                 top_for_queries, top_neighbours)
 
 TOOLKIT = str(Path(sys.executable).parent / "toolkit")
@@ -40,10 +40,11 @@ def test_neighbours_and_precision_match_a_hand_worked_case():
     assert p["kind"] == {"p@1": 0.5, "p@2": 0.625}      # (1+1+0+0)/4, (1+1+0+0.5)/4
     assert p["side"] == {"p@1": 1.0, "p@2": 0.5}        # every nearest is same side; second never
     assert p["all"] == {"p@1": 0.5, "p@2": 0.25}        # both labels: a->b, b->a only
-    m = precision_margins(top, {"kind": kind, "side": side}, ks=(1, 2))
+    per_query = query_precision(top, {"kind": kind, "side": side}, ks=(1, 2))
+    assert per_query["kind"]["p@2"].tolist() == [1.0, 1.0, 0.0, 0.5]
     # kind, per query: p@1 1, 1, 0, 0 (sd 0.577) and p@2 1, 1, 0, 0.5 (sd 0.479); 1.96 sd / sqrt(4)
-    assert m["kind"] == {"p@1": 0.5658, "p@2": 0.4691}
-    assert m["side"]["p@1"] == 0.0                      # every query right: nothing to vary
+    assert [margin(per_query["kind"][k]) for k in ("p@1", "p@2")] == [0.5658, 0.4691]
+    assert margin(per_query["side"]["p@1"]) == 0.0       # every query right: nothing to vary
 
 
 def test_a_95_percent_margin_holds_the_true_rate_95_times_in_100():
@@ -134,7 +135,8 @@ def test_text_ranks_recall_and_mrr_match_a_hand_worked_case():
     assert ranks.tolist() == [1, 2, 3]
     assert text_metrics(ranks) == {"recall@1": 0.3333, "recall@10": 1.0, "mrr": 0.6111}
     # recall@1 per title 1, 0, 0 (sd 0.577); 1/rank 1, 1/2, 1/3 (sd 0.347); recall@10 always 1
-    assert text_margins(ranks) == {"recall@1": 0.6533, "recall@10": 0.0, "mrr": 0.3926}
+    assert {k: margin(v) for k, v in title_scores(ranks).items()} == {"recall@1": 0.6533, "recall@10": 0.0,
+                                                                     "mrr": 0.3926}
 
 
 def test_text_ranks_keep_untitled_photos_in_the_gallery():
@@ -154,8 +156,12 @@ def test_tag_scores_separate_best_label_accuracy_from_stored_tags():
     assert s["accuracy@threshold"] == 0.5    # of those, one is right
     assert s["most_confused"] == [{"truth": "Shirts", "predicted": "Tshirts", "n": 1},
                                   {"truth": "Jeans", "predicted": "Shirts", "n": 1}]
+    per_photo = tag_hits(pred, stored, truth)  # the unlabelled photo is NaN throughout
+    assert np.isnan(per_photo["accuracy"][4]) and np.isnan(per_photo["coverage"][4])
+    assert per_photo["accuracy"][:4].tolist() == [1.0, 0.0, 1.0, 0.0]
     # right 1, 0, 1, 0 and stored 1, 0, 0, 1 over 4 photos; right among the 2 stored: 1, 0
-    assert s["margins"] == {"accuracy": 0.5658, "coverage": 0.5658, "accuracy@threshold": 0.98}
+    assert {k: margin(v) for k, v in per_photo.items()} == {"accuracy": 0.5658, "coverage": 0.5658,
+                                                            "accuracy@threshold": 0.98}
 
 
 def test_confusion_rows_sum_to_each_labels_photos():
@@ -336,6 +342,55 @@ def test_cli_gates_exit_1_naming_each_failed_metric(shared_data, photos, tmp_pat
     assert (tmp_path / "rep" / "eval.html").is_file()
 
 
+def test_cli_compares_with_an_earlier_run_and_gates_on_what_got_worse(shared_data, photos, tmp_path):
+    catalog = write_styles_subset(tmp_path / "styles.csv", photos[:20])
+    args = ("eval", "--catalog", str(catalog), "--images", str(shared_data / "images"))
+    first = run_cli(*args, "--out", "before", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    items = json.loads((tmp_path / "before" / "eval.items.json").read_text(encoding="utf-8"))
+    assert "per_item" not in json.loads((tmp_path / "before" / "eval.json").read_text(encoding="utf-8"))
+    photos_scored = [k for k in items["keys"] if k.endswith(".jpg")]  # the rest: attribute queries
+    assert len(photos_scored) == 20 and len(items["scores"]["tags.gender.accuracy"]) == 20
+    assert len(items["scores"]["query.gender.p@10"]) == len(items["keys"]) - 20
+
+    # The same model on the same photos: every figure identical, nothing better or worse.
+    same = run_cli(*args, "--out", "again", "--compare", "before", "--fail-if-worse", "tags.gender.accuracy",
+                   cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert "0 better, 0 worse" in same.stdout
+    compared = json.loads((tmp_path / "again" / "eval.json").read_text(encoding="utf-8"))["compared_with"]
+    assert {c["verdict"] for c in compared["changes"]} == {"no change shown"}
+    assert all(c["delta"] == 0 and c["n"] >= 2 for c in compared["changes"])
+
+    # A baseline whose every photo had its top 5 all of its article type: over 20 photos of mixed
+    # types no model can do that (the ceiling says so), so this run is worse, and the gate says so.
+    assert compared and json.loads((tmp_path / "again" / "eval.json").read_text())["ceilings"][
+        "image.articleType.p@5"] < 0.8
+    scores = items["scores"]["image.articleType.p@5"]
+    items["scores"]["image.articleType.p@5"] = [[i, 1.0] for i, _ in scores]
+    (tmp_path / "perfect").mkdir()
+    (tmp_path / "perfect" / "eval.items.json").write_text(json.dumps(items), encoding="utf-8")
+    worse = run_cli(*args, "--out", "third", "--compare", "perfect", "--fail-if-worse", "image.articleType.p@5",
+                    "--fail-if-worse", "tags.gender.accuracy", cwd=tmp_path)
+    assert worse.returncode == 1, worse.stderr
+    lines = [line for line in worse.stderr.splitlines() if line.startswith("worse than before:")]
+    assert len(lines) == 1 and lines[0].startswith("worse than before: image.articleType.p@5 1 -> ")
+    assert lines[0].endswith(" at 95%)")
+    assert "1 worse" in worse.stdout and "image.articleType.p@5" in worse.stdout.split("photo by photo:")[1]
+
+
+def test_cli_compare_options_fail_before_indexing(shared_data, photos, tmp_path):
+    catalog = write_styles_subset(tmp_path / "styles.csv", photos[:3])
+    args = ("eval", "--catalog", str(catalog), "--images", str(shared_data / "images"))
+    alone = run_cli(*args, "--fail-if-worse", "text.mrr", cwd=tmp_path)
+    assert alone.returncode == 2 and alone.stderr.startswith("error: --fail-if-worse needs --compare")
+    typo = run_cli(*args, "--compare", ".", "--fail-if-worse", "text.mmr", cwd=tmp_path)
+    assert typo.returncode == 2 and typo.stderr.startswith("error: --fail-if-worse names no metric: text.mmr;")
+    missing = run_cli(*args, "--compare", "nowhere", cwd=tmp_path)
+    assert missing.returncode == 2 and "no eval.items.json there" in missing.stderr
+    assert not (tmp_path / "eval-report").exists()
+
+
 def test_cli_rejects_a_mistyped_gate_before_indexing(shared_data, photos, tmp_path):
     catalog = write_styles_subset(tmp_path / "styles.csv", photos[:3])
     res = run_cli("eval", "--catalog", str(catalog), "--images", str(shared_data / "images"),
@@ -359,3 +414,53 @@ def test_the_holdout_split_scores_only_training_holdout_photos(settings, shared_
     assert report.split == "holdout" and report.items == len(held)
     with pytest.raises(ConfigError, match="use eval, holdout or all"):
         tk.evaluate(catalog, shared_data / "images", split="training")
+
+
+# ---- comparing two runs ----------------------------------------------------------------------------
+
+def test_a_comparison_pairs_the_photos_both_runs_scored(tmp_path):
+    from toolkit.eval_compare import compare, load_items, save_items
+
+    before = {"tags.gender.accuracy": {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0, "gone": 0.0},
+              "text.mrr": {"a": 0.5, "b": 1.0}, "only.before": {"a": 1.0, "b": 0.0}}
+    after = {"tags.gender.accuracy": {"a": 1.0, "b": 0.0, "c": 0.0, "d": 0.0, "new": 1.0},
+             "text.mrr": {"a": 0.5, "b": 1.0}, "only.after": {"a": 1.0, "b": 1.0}}
+    save_items(before, "model-a", tmp_path / "eval.items.json")
+    model_id, loaded = load_items(tmp_path)  # the --out folder, or the file itself
+    assert model_id == "model-a" and loaded == before == load_items(tmp_path / "eval.items.json")[1]
+    changes = {c.metric: c for c in compare(loaded, after)}
+    assert set(changes) == {"tags.gender.accuracy", "text.mrr"}  # metrics both runs have
+    g = changes["tags.gender.accuracy"]
+    # a, b, c, d in both: 0.75 -> 0.25; differences 0, -1, 0, -1 (sd 0.577); 1.96 sd / sqrt(4)
+    assert (g.n, g.before, g.after, g.delta, g.margin) == (4, 0.75, 0.25, -0.5, 0.5658)
+    assert g.verdict == "no change shown"  # 2 of 4 photos could be chance
+    mrr = changes["text.mrr"]
+    assert (mrr.delta, mrr.margin, mrr.verdict) == (0.0, 0.0, "no change shown")
+
+
+def test_a_comparison_tells_a_real_change_from_noise():
+    from toolkit.eval_compare import compare
+
+    rng = np.random.default_rng(1)
+    keys = [str(i) for i in range(1600)]
+    before = rng.random(1600) < 0.70
+    redone = rng.random(1600) < 0.10  # a tenth of the photos tagged again by another model
+    better = np.where(redone, rng.random(1600) < 0.95, before)  # ... which is right 95% of the time
+    alike = np.where(redone, rng.random(1600) < 0.70, before)   # ... which is right as often as before
+    run = {"tags.baseColour.accuracy": dict(zip(keys, before.astype(float)))}
+    up, = compare(run, {"tags.baseColour.accuracy": dict(zip(keys, better.astype(float)))})
+    same, = compare(run, {"tags.baseColour.accuracy": dict(zip(keys, alike.astype(float)))})
+    assert up.verdict == "better" and up.delta > up.margin > 0
+    assert same.verdict == "no change shown" and abs(same.delta) < same.margin
+    # Pairing: the change is shown at well under each run's own 95% interval.
+    assert up.margin < margin(better.astype(float)) / 2 < up.delta
+
+
+def test_a_baseline_that_is_no_eval_run_is_a_clear_error(tmp_path):
+    from toolkit.eval_compare import load_items
+
+    with pytest.raises(ConfigError, match="no eval.items.json there; give the --out folder"):
+        load_items(tmp_path)
+    (tmp_path / "eval.items.json").write_text('{"metrics": {}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="not a eval.items.json of `toolkit eval`"):
+        load_items(tmp_path)

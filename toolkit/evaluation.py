@@ -94,6 +94,9 @@ class EvalReport:
     ceilings: dict[str, float] = field(default_factory=dict)
     #: metric name -> half-width of its 95% interval over the photos or queries scored
     margins: dict[str, float] = field(default_factory=dict)
+    #: metric name -> each photo's (or query's) own score, whose mean the metric is: what a
+    #: comparison with another model's run pairs up (toolkit/eval_compare.py). Not in eval.json.
+    per_item: dict[str, dict[str, float]] = field(default_factory=dict)
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)
     tags: dict[str, dict] = field(default_factory=dict)
     map: dict[str, list] = field(default_factory=dict)
@@ -256,41 +259,42 @@ def precision_at(top: np.ndarray, labels: dict[str, np.ndarray], ks: Sequence[in
     """Per attribute (and `all`), precision@k of `top` (queries x ranked gallery indices):
     the share of results whose label equals the query's. Queries without the label are left
     out; results without it count as wrong. Labels of the queries default to the gallery's."""
-    return {attr: {f"p@{k}": round(float(same[:, :k].mean()), 4) if same.size else 0.0 for k in ks}
-            for attr, same in _hits(top, labels, query_labels).items()}
+    return {attr: {k: mean_of(v) for k, v in by_k.items()}
+            for attr, by_k in query_precision(top, labels, ks, query_labels).items()}
 
 
-def precision_margins(top: np.ndarray, labels: dict[str, np.ndarray], ks: Sequence[int] = KS,
-                      query_labels: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
-    """The 95% margins of `precision_at`'s figures: over the queries, each its own precision@k."""
-    return {attr: {f"p@{k}": margin(same[:, :k].mean(axis=1)) for k in ks}
-            for attr, same in _hits(top, labels, query_labels).items()}
-
-
-def _hits(top: np.ndarray, labels: dict[str, np.ndarray],
-          query_labels: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """Per attribute (and `all`), which results share the query's label, for the queries that have it."""
+def query_precision(top: np.ndarray, labels: dict[str, np.ndarray], ks: Sequence[int] = KS,
+                    query_labels: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per attribute (and `all`), each query's own precision@k; NaN for a query without the label."""
     query_labels = query_labels or labels
-    out: dict[str, np.ndarray] = {}
+    hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     every = np.ones(top.shape, dtype=bool)
     has_all = np.ones(len(top), dtype=bool)
     for attr, gallery in labels.items():
         q = query_labels[attr]
         same = gallery[top] == q[:, None]
-        has = q != ""
-        out[attr] = same[has]
+        hits[attr] = (same, q != "")
         every &= same
-        has_all &= has
+        has_all &= hits[attr][1]
     if len(labels) > 1:
-        out["all"] = every[has_all]
-    return out
+        hits["all"] = (every, has_all)
+    return {attr: {f"p@{k}": np.where(has, same[:, :k].mean(axis=1) if same.size else 0.0, np.nan) for k in ks}
+            for attr, (same, has) in hits.items()}
+
+
+def mean_of(values: Sequence[float] | np.ndarray) -> float:
+    """The mean of the values that are not NaN (0.0 when none is), rounded as every metric is."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return round(float(v.mean()), 4) if v.size else 0.0
 
 
 def margin(values: Sequence[float] | np.ndarray) -> float:
     """Half-width of the 95% interval of the mean of `values` (one per photo or query scored):
     1.96 standard errors, by the normal approximation, which holds for the hundreds of photos
-    an evaluation needs. 0.0 for fewer than two values."""
+    an evaluation needs. NaN values are left out; 0.0 for fewer than two values."""
     v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]  # the photos or queries a metric leaves out
     if v.size < 2:
         return 0.0
     return round(float(Z95 * v.std(ddof=1) / np.sqrt(v.size)), 4)
@@ -365,17 +369,16 @@ def text_ranks(img: np.ndarray, txt: np.ndarray, own: Sequence[int]) -> np.ndarr
 
 
 def text_metrics(ranks: np.ndarray) -> dict[str, float]:
-    if len(ranks) == 0:
-        return {}
-    return {"recall@1": round(float((ranks <= 1).mean()), 4), "recall@10": round(float((ranks <= 10).mean()), 4),
-            "mrr": round(float((1.0 / ranks).mean()), 4)}
+    """Recall@1, recall@10 and MRR of the titles' ranks."""
+    return {k: mean_of(v) for k, v in title_scores(ranks).items()}
 
 
-def text_margins(ranks: np.ndarray) -> dict[str, float]:
-    """The 95% margins of `text_metrics`' figures, over the titles."""
+def title_scores(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    """Each title's own recall@1, recall@10 and reciprocal rank: `text_metrics` are their means."""
     if len(ranks) == 0:
         return {}
-    return {"recall@1": margin(ranks <= 1), "recall@10": margin(ranks <= 10), "mrr": margin(1.0 / ranks)}
+    r = np.asarray(ranks, dtype=np.float64)
+    return {"recall@1": (r <= 1).astype(np.float64), "recall@10": (r <= 10).astype(np.float64), "mrr": 1.0 / r}
 
 
 def attribute_query_labels(items: Sequence[LabelledItem], columns: Sequence[str]) -> list[tuple[str, ...]]:
@@ -394,19 +397,21 @@ def tag_scores(pred: Sequence[str], stored: Sequence[str | None], truth: Sequenc
     """Accuracy of the best label, coverage and accuracy of the stored (thresholded) tags, and
     the most confused (truth -> predicted) pairs, over the photos the catalog labels."""
     keep = [i for i, t in enumerate(truth) if _norm(t)]
-    if not keep:
-        return {"n": 0, "accuracy": 0.0, "coverage": 0.0, "accuracy@threshold": 0.0, "most_confused": []}
-    right = [_norm(pred[i]) == _norm(truth[i]) for i in keep]
-    shown = [i for i in keep if stored[i]]
-    right_shown = [_norm(stored[i]) == _norm(truth[i]) for i in shown]
-    covered = [bool(stored[i]) for i in keep]
-    confused = Counter((truth[i], pred[i]) for i, ok in zip(keep, right) if not ok).most_common(5)
-    return {"n": len(keep), "accuracy": round(float(np.mean(right)), 4),
-            "coverage": round(len(shown) / len(keep), 4),
-            "accuracy@threshold": round(float(np.mean(right_shown)), 4) if shown else 0.0,
-            "margins": {"accuracy": margin(right), "coverage": margin(covered),
-                        "accuracy@threshold": margin(right_shown)},
+    confused = Counter((truth[i], pred[i]) for i in keep if _norm(pred[i]) != _norm(truth[i])).most_common(5)
+    return {"n": len(keep), **{k: mean_of(v) for k, v in tag_hits(pred, stored, truth).items()},
             "most_confused": [{"truth": t, "predicted": p, "n": n} for (t, p), n in confused]}
+
+
+def tag_hits(pred: Sequence[str], stored: Sequence[str | None], truth: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per photo: is the best label right, is a tag stored, is the stored tag right (1.0 or 0.0);
+    NaN where the catalog has no label, and for the last where no tag is stored."""
+    nan = np.nan
+    labelled = [bool(_norm(t)) for t in truth]
+    return {"accuracy": np.array([float(_norm(p) == _norm(t)) if ok else nan
+                                  for p, t, ok in zip(pred, truth, labelled)]),
+            "coverage": np.array([float(bool(s)) if ok else nan for s, ok in zip(stored, labelled)]),
+            "accuracy@threshold": np.array([float(_norm(s) == _norm(t)) if ok and s else nan
+                                            for s, t, ok in zip(stored, truth, labelled)])}
 
 
 def confusion(pred: Sequence[str], truth: Sequence[str], top: int = CONFUSION_LABELS) -> dict:
@@ -481,20 +486,19 @@ def _score(report: EvalReport, tk: "Toolkit", tagger, columns: dict[str, str], i
     attrs = report.attributes
     labels = {a: label_array(items, a) for a in attrs}
     top = top_neighbours(emb, max(KS))
+    keys = [item_key(it) for it in items]
     if attrs:
-        for attr, by_k in precision_at(top, labels).items():
-            report.metrics.update({f"image.{attr}.{k}": v for k, v in by_k.items()})
-        for attr, by_k in precision_margins(top, labels).items():
-            report.margins.update({f"image.{attr}.{k}": v for k, v in by_k.items()})
+        for attr, by_k in query_precision(top, labels).items():
+            for k, values in by_k.items():
+                _put(report, f"image.{attr}.{k}", keys, values)
         for attr, by_k in image_ceilings(labels).items():
             report.ceilings.update({f"image.{attr}.{k}": v for k, v in by_k.items()})
     titled = [i for i, it in enumerate(items) if it.title]
     if titled:
         # Untitled photos stay in the gallery: a title's photo is ranked among all of them.
         txt = np.asarray(tk.embedder.embed_texts([items[i].title for i in titled]), np.float32)
-        ranks = text_ranks(emb, txt, titled)
-        report.metrics.update({f"text.{k}": v for k, v in text_metrics(ranks).items()})
-        report.margins.update({f"text.{k}": v for k, v in text_margins(ranks).items()})
+        for k, values in title_scores(text_ranks(emb, txt, titled)).items():
+            _put(report, f"text.{k}", [keys[i] for i in titled], values)
     _score_attribute_queries(report, tk, items, emb, labels)
     _score_tags(report, tagger, columns, items, emb, stored, features)
     _add_pictures(report, columns, items, emb, top, labels)
@@ -510,13 +514,12 @@ def _score_attribute_queries(report: EvalReport, tk: "Toolkit", items: list[Labe
     q = tk.embedder.embed_texts([" ".join(c) for c in combos])
     top = top_for_queries(np.asarray(q, np.float32), emb, 10)
     query_labels = {a: np.array([_norm(c[i]) for c in combos], dtype=object) for i, a in enumerate(attrs)}
-    for attr, by_k in precision_at(top, labels, ks=(10,), query_labels=query_labels).items():
-        report.metrics[f"query.{attr}.p@10"] = by_k["p@10"]
-    hits = _hits(top, labels, query_labels)  # every query names every label: rows line up across attributes
-    report.margins.update({f"query.{attr}.p@10": margin(same.mean(axis=1)) for attr, same in hits.items()})
-    if len(attrs) > 1:
-        report.metrics["query.mean.p@10"] = round(float(np.mean([report.metrics[f"query.{a}.p@10"] for a in attrs])), 4)
-        report.margins["query.mean.p@10"] = margin(np.mean([hits[a].mean(axis=1) for a in attrs], axis=0))
+    names = [" ".join(c) for c in combos]
+    per_query = {attr: by_k["p@10"] for attr, by_k in query_precision(top, labels, (10,), query_labels).items()}
+    for attr, values in per_query.items():
+        _put(report, f"query.{attr}.p@10", names, values)
+    if len(attrs) > 1:  # every query names every label, so each has all the attributes' precisions
+        _put(report, "query.mean.p@10", names, np.mean([per_query[a] for a in attrs], axis=0))
     # Bounds only for the figures reported (`all` and `mean` need two attributes or more).
     report.ceilings.update({f"query.{name}.p@10": v for name, v in query_ceilings(labels, query_labels, 10).items()
                             if f"query.{name}.p@10" in report.metrics})
@@ -539,9 +542,21 @@ def _score_tags(report: EvalReport, tagger, columns: dict[str, str], items: list
         scores["method"] = "prompts+classifier" if g.name in blended else "prompts"
         scores["confusion"] = confusion(pred, truth)
         report.tags[column] = scores
-        for k in ("accuracy", "coverage", "accuracy@threshold"):
-            report.metrics[f"tags.{column}.{k}"] = scores[k]
-            report.margins[f"tags.{column}.{k}"] = scores["margins"][k]
+        keys = [item_key(it) for it in items]
+        for k, values in tag_hits(pred, [m.get(f"tag_{g.name}") for m in stored], truth).items():
+            _put(report, f"tags.{column}.{k}", keys, values)
+
+
+def item_key(item: LabelledItem) -> str:
+    """Names a scored photo across runs: its product and picture (a product may have several)."""
+    return f"{item.product_id}/{item.image.name}"
+
+
+def _put(report: EvalReport, name: str, keys: Sequence[str], values: np.ndarray) -> None:
+    """A metric from each photo's (or query's) own score: their mean, its 95% margin, and the scores."""
+    report.metrics[name] = mean_of(values)
+    report.margins[name] = margin(values)
+    report.per_item[name] = {k: round(float(v), 4) for k, v in zip(keys, values) if not np.isnan(v)}
 
 
 def _add_pictures(report: EvalReport, columns: dict[str, str], items: list[LabelledItem], emb: np.ndarray,

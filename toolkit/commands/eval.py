@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
-from toolkit.commands.output import err, out, print_json, to_jsonable
+from toolkit.commands.output import err, out, to_jsonable
 from toolkit.core import Toolkit
+from toolkit.errors import ConfigError
+from toolkit.eval_compare import ITEMS_FILE, Comparison, compare, load_items, save_items
 from toolkit.evaluation import (EvalReport, check_gate_names, failed_gates, narrow_gates, parse_gate,
                                 planned_metrics)
 
@@ -23,6 +27,11 @@ def eval_(
                                  "fifth `model train --hold-out` leaves out) or all."),
     fail_under: list[str] = typer.Option([], "--fail-under", metavar="METRIC=VALUE",
                                          help="Exit 1 when METRIC is under VALUE; repeatable."),
+    compare_with: Path = typer.Option(None, "--compare", help="The --out folder of an earlier run on the same "
+                                      "catalog: print each metric's change, photo by photo, and whether it is shown."),
+    fail_if_worse: list[str] = typer.Option([], "--fail-if-worse", metavar="METRIC",
+                                            help="With --compare: exit 1 when METRIC is worse than before by more "
+                                                 "than its 95% margin; repeatable."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Score search and tags on a labelled catalog, indexed through the real
@@ -51,25 +60,42 @@ def eval_(
     \b
     Example: --fail-under image.articleType.p@5=0.85
              --fail-under text.recall@10=0.5
+             --compare last-release/ --fail-if-worse tags.baseColour.accuracy
     """
     gates = [parse_gate(g) for g in fail_under]
     tk = Toolkit()
-    # A mistyped gate fails now, not after the photos are indexed.
-    check_gate_names(gates, planned_metrics(catalog, tk.settings.vocabulary))
+    # A mistyped gate or a missing baseline fails now, not after the photos are indexed.
+    known = planned_metrics(catalog, tk.settings.vocabulary)
+    check_gate_names(gates, known)
+    unknown = [m for m in fail_if_worse if m not in known]
+    if unknown:
+        raise ConfigError(f"--fail-if-worse names no metric: {', '.join(unknown)}; "
+                          f"metrics for this catalog: {', '.join(sorted(known))}")
+    if fail_if_worse and compare_with is None:
+        raise ConfigError("--fail-if-worse needs --compare: the --out folder of the run to compare with")
+    baseline = load_items(compare_with) if compare_with is not None else None
     report = _run_with_progress(tk, catalog, images, limit, split)
-    _write(report, out_dir)
+    comparison = (Comparison(compare_with, baseline[0], compare(baseline[1], report.per_item))  # type: ignore[arg-type]
+                  if baseline else None)
+    _write(report, out_dir, comparison)
     if as_json:
-        print_json(report)
+        print(json.dumps(_jsonable(report, comparison), indent=2, ensure_ascii=False))
     else:
         print_table(report)
-    err.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.html'}", highlight=False, soft_wrap=True)
+        if comparison is not None:
+            print_changes(comparison)
+    err.print(f"wrote {out_dir / 'eval.json'}, {out_dir / ITEMS_FILE} and {out_dir / 'eval.html'}",
+              highlight=False, soft_wrap=True)
+    regressions = comparison.worse(fail_if_worse) if comparison is not None else []
+    for line in regressions:
+        err.print(f"worse than before: {line}", highlight=False, soft_wrap=True)
     failures = failed_gates(report.metrics, gates, report.margins)
     for line in narrow_gates(report.metrics, gates, report.margins):
         err.print(f"passed gate within its 95% interval (it may fail on a rerun with other photos): {line}",
                   highlight=False, soft_wrap=True)
     for line in failures:
         err.print(f"failed gate: {line}", highlight=False, soft_wrap=True)
-    if failures:
+    if failures or regressions:
         raise typer.Exit(1)
 
 
@@ -83,13 +109,40 @@ def _run_with_progress(tk: Toolkit, catalog: Path, images: Path, limit: int | No
                            on_listed=lambda n: bar.update(task, total=n))
 
 
-def _write(report: EvalReport, out_dir: Path) -> None:
+def _write(report: EvalReport, out_dir: Path, comparison: Comparison | None) -> None:
     from toolkit.eval_report import write_html
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(to_jsonable(report), indent=2, ensure_ascii=False) + "\n",
-                                       encoding="utf-8")
+    (out_dir / "eval.json").write_text(json.dumps(_jsonable(report, comparison), indent=2, ensure_ascii=False)
+                                       + "\n", encoding="utf-8")
+    save_items(report.per_item, report.model_id, out_dir / ITEMS_FILE)
     write_html(report, out_dir / "eval.html")
+
+
+def _jsonable(report: EvalReport, comparison: Comparison | None) -> dict:
+    """The report without its per-photo scores (those go to eval.items.json), and any comparison."""
+    data = to_jsonable(report)
+    del data["per_item"]
+    if comparison is not None:
+        data["compared_with"] = {"path": str(comparison.path), "model_id": comparison.model_id,
+                                 "changes": [{**to_jsonable(c), "verdict": c.verdict} for c in comparison.changes]}
+    return data
+
+
+def print_changes(comparison: Comparison) -> None:
+    """The metrics that changed, worst first, then how many did not."""
+    changes = comparison.changes
+    out.print(f"against {comparison.path} ({comparison.model_id}), photo by photo:", highlight=False, soft_wrap=True)
+    moved = sorted((c for c in changes if c.delta != 0), key=lambda c: (c.verdict != "worse", c.delta))
+    t = Table(Column("metric", no_wrap=True), "before", "after", "change", "±95%", Column("", no_wrap=True),
+              box=None, pad_edge=False)
+    for c in moved:
+        t.add_row(c.metric, f"{c.before:.3f}", f"{c.after:.3f}", f"{c.delta:+.4f}", f"{c.margin:.4f}", c.verdict)
+    if moved:
+        _print_wide(t)
+    shown = Counter(c.verdict for c in changes)
+    out.print(f"{shown['better']} better, {shown['worse']} worse, {shown['no change shown']} without a change shown "
+              f"({len(changes) - len(moved)} identical)", highlight=False, soft_wrap=True)
 
 
 def print_table(r: EvalReport) -> None:
@@ -119,8 +172,16 @@ def print_table(r: EvalReport) -> None:
         confused = "; ".join(f"{c['truth']} -> {c['predicted']} ({c['n']})" for c in s["most_confused"][:3])
         tags.add_row(col, f"{s['accuracy']:.3f}", _cell(pm, f"tags.{col}.accuracy"), f"{s['coverage']:.3f}",
                      f"{s['accuracy@threshold']:.3f}", confused)
-    # Piped into a CI log (no terminal), keep each label's confusions on one line.
-    out.print(tags, width=None if out.is_terminal else 160)
+    _print_wide(tags)
+
+
+def _print_wide(table: Table) -> None:
+    """Piped into a CI log (no terminal), a table keeps each row on one line: a console's own
+    width (80 there) would wrap or cut its cells, and `print(width=...)` can only narrow it."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(soft_wrap=False, width=200).print(table)
 
 
 def _cell(metrics: dict[str, float], name: str) -> str:
