@@ -377,6 +377,9 @@ def test_cli_compares_with_an_earlier_run_and_gates_on_what_got_worse(shared_dat
     assert len(lines) == 1 and lines[0].startswith("worse than before: image.articleType.p@5 1 -> ")
     assert lines[0].endswith(" at 95%)")
     assert "1 worse" in worse.stdout and "image.articleType.p@5" in worse.stdout.split("photo by photo:")[1]
+    page = (tmp_path / "third" / "eval.html").read_text(encoding="utf-8")
+    assert "<h2>Against perfect (" in page
+    assert "<tr class='worse'><td>image.articleType.p@5</td><td class=v>1.000</td>" in page
 
 
 def test_cli_compare_options_fail_before_indexing(shared_data, photos, tmp_path):

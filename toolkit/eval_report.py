@@ -7,6 +7,7 @@ import io
 from html import escape
 from pathlib import Path
 
+from toolkit.eval_compare import Comparison
 from toolkit.evaluation import EvalReport
 
 #: Ten distinguishable colours (Tableau 10) for the map's commonest categories; the rest are grey.
@@ -20,6 +21,7 @@ body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:20px} h2{font-size:16px;margin-top:28px}
 table.m{border-collapse:collapse} table.m td,table.m th{padding:2px 10px;border-bottom:1px solid #eee;text-align:left}
 td.v{text-align:right;font-variant-numeric:tabular-nums}
+tr.better td{color:#2e7d32} tr.worse td{color:#c62828;font-weight:600}
 .strip{display:flex;gap:6px;align-items:center;margin:6px 0}
 .strip img{width:80px;height:80px;object-fit:contain;border:3px solid transparent;background:#fafafa}
 .strip img.q{border-color:#333;margin-right:14px} .strip img.ok{border-color:#2e9e44} .strip img.no{border-color:#d33}
@@ -28,18 +30,19 @@ td.v{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
-def write_html(report: EvalReport, path: Path) -> Path:
+def write_html(report: EvalReport, path: Path, comparison: Comparison | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(report), encoding="utf-8")
+    path.write_text(render(report, comparison), encoding="utf-8")
     return path
 
 
-def render(report: EvalReport) -> str:
+def render(report: EvalReport, comparison: Comparison | None = None) -> str:
     parts = [f"<!doctype html><meta charset='utf-8'><title>toolkit eval</title><style>{CSS}</style>",
              f"<h1>Evaluation of {escape(report.model_id)}</h1>",
              f"<p>{report.items} photos ({escape(report.split)} split), {report.attribute_queries} attribute queries, "
              f"{len(report.skipped)} skipped, {report.seconds:.0f} s.</p>",
              "<h2>Metrics</h2>", metrics_table(report.metrics, report.ceilings, report.margins),
+             changes_table(comparison) if comparison is not None else "",
              "<h2>Image-to-image precision@5 per category</h2>", bars(report.per_category),
              "<h2>Tag confusion (rows: catalog label, columns: best predicted label)</h2>"]
     parts += [f"<h3>{escape(col)}</h3>" + confusion_svg(t["confusion"]) for col, t in report.tags.items()]
@@ -58,6 +61,17 @@ def metrics_table(metrics: dict[str, float], ceilings: dict[str, float] | None =
                    f"<td class=v>{f'{ceilings[k]:.3f}' if k in ceilings else ''}</td></tr>" for k, v in metrics.items())
     return ("<table class=m><tr><th>metric</th><th>value</th><th>95% interval</th><th>best possible</th></tr>"
             f"{rows}</table>")
+
+
+def changes_table(comparison: Comparison) -> str:
+    """Each metric's change against the earlier run, worse first, the verdict coloured."""
+    order = sorted(comparison.changes, key=lambda c: ({"worse": 0, "better": 1}.get(c.verdict, 2), c.delta))
+    rows = "".join(f"<tr class='{c.verdict.split()[0]}'><td>{escape(c.metric)}</td><td class=v>{c.before:.3f}</td>"
+                   f"<td class=v>{c.after:.3f}</td><td class=v>{c.delta:+.4f}</td><td class=v>±{c.margin:.4f}</td>"
+                   f"<td class=v>{c.n}</td><td>{escape(c.verdict)}</td></tr>" for c in order)
+    return (f"<h2>Against {escape(str(comparison.path))} ({escape(comparison.model_id)}), photo by photo</h2>"
+            "<table class=m><tr><th>metric</th><th>before</th><th>after</th><th>change</th><th>95% interval</th>"
+            f"<th>photos</th><th>verdict</th></tr>{rows}</table>")
 
 
 def bars(per_category: dict[str, dict[str, float]], width: int = 640, row: int = 18) -> str:

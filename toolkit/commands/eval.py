@@ -116,7 +116,7 @@ def _write(report: EvalReport, out_dir: Path, comparison: Comparison | None) -> 
     (out_dir / "eval.json").write_text(json.dumps(_jsonable(report, comparison), indent=2, ensure_ascii=False)
                                        + "\n", encoding="utf-8")
     save_items(report.per_item, report.model_id, out_dir / ITEMS_FILE)
-    write_html(report, out_dir / "eval.html")
+    write_html(report, out_dir / "eval.html", comparison)
 
 
 def _jsonable(report: EvalReport, comparison: Comparison | None) -> dict:
