@@ -381,6 +381,13 @@ def test_cli_compares_with_an_earlier_run_and_gates_on_what_got_worse(shared_dat
     assert "<h2>Against perfect (" in page
     assert "<tr class='worse'><td>image.articleType.p@5</td><td class=v>1.000</td>" in page
 
+    # A --limit run searched fewer photos: only its tag figures are set against the whole run's.
+    fewer = run_cli(*args, "--out", "fewer", "--limit", "10", "--compare", "before", cwd=tmp_path)
+    assert fewer.returncode == 0, fewer.stderr
+    assert "search metrics not compared: the runs scored different photos" in fewer.stdout
+    changes = json.loads((tmp_path / "fewer" / "eval.json").read_text(encoding="utf-8"))["compared_with"]["changes"]
+    assert changes and all(c["metric"].startswith("tags.") and c["n"] <= 10 for c in changes)
+
 
 def test_cli_compare_options_fail_before_indexing(shared_data, photos, tmp_path):
     catalog = write_styles_subset(tmp_path / "styles.csv", photos[:3])
@@ -431,7 +438,10 @@ def test_a_comparison_pairs_the_photos_both_runs_scored(tmp_path):
     save_items(before, "model-a", tmp_path / "eval.items.json")
     model_id, loaded = load_items(tmp_path)  # the --out folder, or the file itself
     assert model_id == "model-a" and loaded == before == load_items(tmp_path / "eval.items.json")[1]
-    changes = {c.metric: c for c in compare(loaded, after)}
+    # The runs scored different photos ("gone", "new"): search figures are not comparable.
+    assert {c.metric for c in compare(loaded, after)} == {"tags.gender.accuracy"}
+    del before["tags.gender.accuracy"]["gone"], after["tags.gender.accuracy"]["new"]
+    changes = {c.metric: c for c in compare(before, after)}
     assert set(changes) == {"tags.gender.accuracy", "text.mrr"}  # metrics both runs have
     g = changes["tags.gender.accuracy"]
     # a, b, c, d in both: 0.75 -> 0.25; differences 0, -1, 0, -1 (sd 0.577); 1.96 sd / sqrt(4)

@@ -20,6 +20,8 @@ from toolkit.evaluation import margin
 
 ITEMS_FILE = "eval.items.json"
 FORMAT = "toolkit-eval-items-v1"
+#: Metrics whose per-photo scores depend on the other photos of the run (the gallery searched).
+RETRIEVAL = ("image.", "text.", "query.")
 
 
 @dataclass
@@ -88,12 +90,20 @@ def load_items(path: Path) -> tuple[str, dict[str, dict[str, float]]]:
                                            for m, pairs in data["scores"].items()}
 
 
+def scored_photos(per_item: dict[str, dict[str, float]]) -> set[str]:
+    """The photos a run scored (the keys of every metric but the attribute queries')."""
+    return {k for metric, scores in per_item.items() if not metric.startswith("query.") for k in scores}
+
+
 def compare(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> list[Change]:
-    """Per metric both runs have, its change over the photos both scored (two or more)."""
+    """Per metric both runs have, its change over the photos both scored (two or more). Search
+    metrics only when both runs scored the same photos: a photo's neighbours, and a title's or
+    a query's results, depend on what else was searched (a --limit run against a whole one)."""
+    same_gallery = scored_photos(before) == scored_photos(after)
     changes = []
     for metric, now in after.items():
         then = before.get(metric)
-        if not then:
+        if not then or (metric.startswith(RETRIEVAL) and not same_gallery):
             continue
         common = sorted(set(now) & set(then))
         if len(common) < 2:

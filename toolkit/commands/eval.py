@@ -13,7 +13,7 @@ from rich.table import Column, Table
 from toolkit.commands.output import err, out, to_jsonable
 from toolkit.core import Toolkit
 from toolkit.errors import ConfigError
-from toolkit.eval_compare import ITEMS_FILE, Comparison, compare, load_items, save_items
+from toolkit.eval_compare import ITEMS_FILE, RETRIEVAL, Comparison, compare, load_items, save_items
 from toolkit.evaluation import (EvalReport, check_gate_names, failed_gates, narrow_gates, parse_gate,
                                 planned_metrics)
 
@@ -140,6 +140,9 @@ def print_changes(comparison: Comparison) -> None:
         t.add_row(c.metric, f"{c.before:.3f}", f"{c.after:.3f}", f"{c.delta:+.4f}", f"{c.margin:.4f}", c.verdict)
     if moved:
         _print_wide(t)
+    if not any(c.metric.startswith(RETRIEVAL) for c in changes):
+        out.print("search metrics not compared: the runs scored different photos, and each photo's neighbours "
+                  "depend on the others", highlight=False, soft_wrap=True)
     shown = Counter(c.verdict for c in changes)
     out.print(f"{shown['better']} better, {shown['worse']} worse, {shown['no change shown']} without a change shown "
               f"({len(changes) - len(moved)} identical)", highlight=False, soft_wrap=True)
