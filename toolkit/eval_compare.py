@@ -50,6 +50,13 @@ class Comparison:
     path: Path
     model_id: str
     changes: list[Change]
+    #: Both runs scored the same photos, so their search figures are compared too.
+    same_photos: bool
+
+    @classmethod
+    def of(cls, path: Path, model_id: str, before: dict[str, dict[str, float]],
+           after: dict[str, dict[str, float]]) -> "Comparison":
+        return cls(path, model_id, compare(before, after), scored_photos(before) == scored_photos(after))
 
     def worse(self, metrics: list[str]) -> list[str]:
         """One line per named metric that is worse than before by more than its margin."""

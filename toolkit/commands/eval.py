@@ -13,7 +13,7 @@ from rich.table import Column, Table
 from toolkit.commands.output import err, out, to_jsonable
 from toolkit.core import Toolkit
 from toolkit.errors import ConfigError
-from toolkit.eval_compare import ITEMS_FILE, RETRIEVAL, Comparison, compare, load_items, save_items
+from toolkit.eval_compare import ITEMS_FILE, Comparison, load_items, save_items
 from toolkit.evaluation import (EvalReport, check_gate_names, failed_gates, narrow_gates, parse_gate,
                                 planned_metrics)
 
@@ -75,8 +75,7 @@ def eval_(
         raise ConfigError("--fail-if-worse needs --compare: the --out folder of the run to compare with")
     baseline = load_items(compare_with) if compare_with is not None else None
     report = _run_with_progress(tk, catalog, images, limit, split)
-    comparison = (Comparison(compare_with, baseline[0], compare(baseline[1], report.per_item))  # type: ignore[arg-type]
-                  if baseline else None)
+    comparison = Comparison.of(compare_with, *baseline, report.per_item) if baseline else None
     _write(report, out_dir, comparison)
     if as_json:
         print(json.dumps(_jsonable(report, comparison), indent=2, ensure_ascii=False))
@@ -140,7 +139,7 @@ def print_changes(comparison: Comparison) -> None:
         t.add_row(c.metric, f"{c.before:.3f}", f"{c.after:.3f}", f"{c.delta:+.4f}", f"{c.margin:.4f}", c.verdict)
     if moved:
         _print_wide(t)
-    if not any(c.metric.startswith(RETRIEVAL) for c in changes):
+    if not comparison.same_photos:
         out.print("search metrics not compared: the runs scored different photos, and each photo's neighbours "
                   "depend on the others", highlight=False, soft_wrap=True)
     shown = Counter(c.verdict for c in changes)
