@@ -393,12 +393,15 @@ def top_for_queries(q: np.ndarray, img: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-(q @ img.T), axis=1, kind="stable")[:, :k]
 
 
-def tag_scores(pred: Sequence[str], stored: Sequence[str | None], truth: Sequence[str]) -> dict:
+def tag_scores(pred: Sequence[str], stored: Sequence[str | None], truth: Sequence[str],
+               hits: dict[str, np.ndarray] | None = None) -> dict:
     """Accuracy of the best label, coverage and accuracy of the stored (thresholded) tags, and
-    the most confused (truth -> predicted) pairs, over the photos the catalog labels."""
+    the most confused (truth -> predicted) pairs, over the photos the catalog labels. `hits`:
+    `tag_hits` of the same arguments, where the caller has them already."""
     keep = [i for i, t in enumerate(truth) if _norm(t)]
     confused = Counter((truth[i], pred[i]) for i in keep if _norm(pred[i]) != _norm(truth[i])).most_common(5)
-    return {"n": len(keep), **{k: mean_of(v) for k, v in tag_hits(pred, stored, truth).items()},
+    hits = hits if hits is not None else tag_hits(pred, stored, truth)
+    return {"n": len(keep), **{k: mean_of(v) for k, v in hits.items()},
             "most_confused": [{"truth": t, "predicted": p, "n": n} for (t, p), n in confused]}
 
 
@@ -500,7 +503,7 @@ def _score(report: EvalReport, tk: "Toolkit", tagger, columns: dict[str, str], i
         for k, values in title_scores(text_ranks(emb, txt, titled)).items():
             _put(report, f"text.{k}", [keys[i] for i in titled], values)
     _score_attribute_queries(report, tk, items, emb, labels)
-    _score_tags(report, tagger, columns, items, emb, stored, features)
+    _score_tags(report, tagger, columns, items, keys, emb, stored, features)
     _add_pictures(report, columns, items, emb, top, labels)
 
 
@@ -525,7 +528,7 @@ def _score_attribute_queries(report: EvalReport, tk: "Toolkit", items: list[Labe
                             if f"query.{name}.p@10" in report.metrics})
 
 
-def _score_tags(report: EvalReport, tagger, columns: dict[str, str], items: list[LabelledItem],
+def _score_tags(report: EvalReport, tagger, columns: dict[str, str], items: list[LabelledItem], keys: list[str],
                 emb: np.ndarray, stored: list[dict], features: np.ndarray | None = None) -> None:
     probs = tagger.probabilities(emb, features=features)
     blended = set(tagger.classifier_columns()) if features is not None else set()
@@ -535,15 +538,16 @@ def _score_tags(report: EvalReport, tagger, columns: dict[str, str], items: list
         column = columns[g.name]
         pred = [g.labels[i] for i in probs[g.name].argmax(axis=1)]
         truth = [it.labels.get(column, "") for it in items]
-        scores = tag_scores(pred, [m.get(f"tag_{g.name}") for m in stored], truth)
+        tags = [m.get(f"tag_{g.name}") for m in stored]
+        hits = tag_hits(pred, tags, truth)
+        scores = tag_scores(pred, tags, truth, hits)
         known = {_norm(lab) for lab in g.labels}
         scores["out_of_vocabulary"] = sum(1 for t in truth if _norm(t) and _norm(t) not in known)
         scores["group"] = g.name
         scores["method"] = "prompts+classifier" if g.name in blended else "prompts"
         scores["confusion"] = confusion(pred, truth)
         report.tags[column] = scores
-        keys = [item_key(it) for it in items]
-        for k, values in tag_hits(pred, [m.get(f"tag_{g.name}") for m in stored], truth).items():
+        for k, values in hits.items():
             _put(report, f"tags.{column}.{k}", keys, values)
 
 
