@@ -94,7 +94,7 @@ def set_threads(threads: int) -> int:
     return n
 
 
-def _quietly(load: Any) -> Any:
+def quietly(load: Any) -> Any:
     """Run a transformers load without its progress bar (stderr belongs to the toolkit's own progress)."""
     from transformers.utils import logging as hf_logging
 
@@ -277,7 +277,7 @@ class TextFeaturizer:
 
                 set_threads(self.threads)
                 try:
-                    self._model = _quietly(lambda: SentenceTransformer(str(folder), device="cpu"))
+                    self._model = quietly(lambda: SentenceTransformer(str(folder), device="cpu"))
                 except OSError as err:
                     raise ModelError(f"cannot load the MiniLM text model from {folder} ({err}); reinstall "
                                      f"{weights.MINILM_PACKAGE}") from None

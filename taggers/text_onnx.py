@@ -71,7 +71,9 @@ def export_text_tower(heads: "Heads", minilm_folder: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModel
 
-    bert = AutoModel.from_pretrained(str(minilm_folder), attn_implementation="eager").eval()
+    from taggers.offline_model import quietly
+
+    bert = quietly(lambda: AutoModel.from_pretrained(str(minilm_folder), attn_implementation="eager")).eval()
     tower = _Tower(bert, heads).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")

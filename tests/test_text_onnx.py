@@ -2,6 +2,7 @@
 export cached never imports torch or sentence-transformers (the cold-start fix)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -45,3 +46,14 @@ def test_a_cached_export_embeds_without_torch(embedder):
             "print(v.shape, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["(1,", "256)", "False", "False"]
+
+
+def test_the_first_export_prints_no_progress_bar(tmp_path):
+    # stderr belongs to the toolkit's own progress: transformers' "Loading weights" bar used to
+    # appear in the middle of the first `toolkit search` or `toolkit eval` in a new data dir.
+    code = "from taggers.offline_model import OfflineEmbedder; print(OfflineEmbedder().embed_texts(['red dress']).shape)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "TOOLKIT_DATA_DIR": str(tmp_path / "fresh")})
+    assert run.stdout.split() == ["(1,", "256)"]
+    assert list((tmp_path / "fresh" / "cache" / "onnx").glob("text-tower-*.onnx")), "the tower was exported"
+    assert "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr
