@@ -335,20 +335,20 @@ def build_captions(rows: list[dict[str, str]], vocab: dict) -> Captions:
         kinds: dict[str, list[int]] = {}
         if v["title"]:
             add(kinds, "title", v["title"], ["title"], v)
-        for g, spec in groups.items():
-            if g in FIELDS and v.get(g) in spec["labels"]:
-                add(kinds, "prompt", spec["template"].format(label=v[g]), [g], v)
+        for g, group in groups.items():
+            if g in FIELDS and v.get(g) in group["labels"]:
+                add(kinds, "prompt", group["template"].format(label=v[g]), [g], v)
         for combo in COMBOS:
             named = re.findall(r"{(\w+)}", combo)
             if all(v.get(f) for f in named):
                 add(kinds, "combo", combo.format(**{f: v[f] for f in named}), named, v)
         by_item.append(kinds)
     targets = {}
-    for g, spec in groups.items():
+    for g, group in groups.items():
         if g not in FIELDS:
             continue
-        labels = list(spec["labels"])
-        text_idx = np.array([texts.setdefault(spec["template"].format(label=lab), len(texts)) for lab in labels])
+        labels = list(group["labels"])
+        text_idx = np.array([texts.setdefault(group["template"].format(label=lab), len(texts)) for lab in labels])
         item_label = np.array([labels.index(v[g]) if v.get(g) in labels else -1 for v in values])
         targets[g] = (text_idx, item_label)
     return Captions(list(texts), np.array(cap_text), np.array(cap_req, dtype=np.int64), by_item, item_codes,
