@@ -56,7 +56,8 @@ class Comparison:
     @classmethod
     def of(cls, path: Path, model_id: str, before: dict[str, dict[str, float]],
            after: dict[str, dict[str, float]]) -> "Comparison":
-        return cls(path, model_id, compare(before, after), scored_photos(before) == scored_photos(after))
+        same = scored_photos(before) == scored_photos(after)
+        return cls(path, model_id, compare(before, after, same), same)
 
     def worse(self, metrics: list[str]) -> list[str]:
         """One line per named metric that is worse than before by more than its margin."""
@@ -102,11 +103,13 @@ def scored_photos(per_item: dict[str, dict[str, float]]) -> set[str]:
     return {k for metric, scores in per_item.items() if not metric.startswith("query.") for k in scores}
 
 
-def compare(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> list[Change]:
+def compare(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+            same_photos: bool | None = None) -> list[Change]:
     """Per metric both runs have, its change over the photos both scored (two or more). Search
     metrics only when both runs scored the same photos: a photo's neighbours, and a title's or
-    a query's results, depend on what else was searched (a --limit run against a whole one)."""
-    same_gallery = scored_photos(before) == scored_photos(after)
+    a query's results, depend on what else was searched (a --limit run against a whole one).
+    `same_photos`: whether they did, where the caller knows already."""
+    same_gallery = scored_photos(before) == scored_photos(after) if same_photos is None else same_photos
     changes = []
     for metric, now in after.items():
         then = before.get(metric)
