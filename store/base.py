@@ -7,6 +7,17 @@ from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 Metadata = dict[str, Any]
+#: Collections made before the image backbone's precision was checked per machine recorded the
+#: int8 backbone in their model id; its vectors are the same model's, so the suffix is dropped.
+LEGACY_PRECISION_SUFFIX = "-int8"
+
+
+def recorded_model_id(meta: Metadata | None) -> str | None:
+    """The model id a collection's metadata records, in today's form."""
+    model_id = (meta or {}).get("model_id")
+    if isinstance(model_id, str) and model_id.endswith(LEGACY_PRECISION_SUFFIX):
+        return model_id[: -len(LEGACY_PRECISION_SUFFIX)]
+    return model_id
 
 
 @dataclass
@@ -42,3 +53,8 @@ class VectorStore(Protocol):
     def update_metadata(self, ids: Sequence[str], metadatas: Sequence[Metadata]) -> None: ...
 
     def count(self) -> int: ...
+
+    #: How the machines that wrote it computed its vectors (precision, CPU), oldest first.
+    made_with: list[str]
+
+    def note_made_with(self, line: str) -> None: ...

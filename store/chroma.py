@@ -5,6 +5,7 @@ vectors from any other model: mixing spaces would make every score meaningless.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from store.base import Match, Metadata, Record
+from store.base import Match, Metadata, Record, recorded_model_id
 from toolkit.errors import ModelMismatchError, StoreError
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 #: Chroma 1.5 refuses add/upsert batches above 5,461 records.
 MAX_BATCH = 5000
+#: Distinct machines' precision lines a collection keeps (`note_made_with`).
+MADE_WITH_MAX = 8
 SCHEMA_VERSION = 1
 #: Chroma's defaults recall poorly (0.16 recall@10 on 50k vectors). ef_construction sets the
 #: insert cost; ef_search and max_neighbors (M) the recall and query cost. Measured on 100k
@@ -132,12 +135,30 @@ class ChromaStore:
     @staticmethod
     def _check_model(col, model_id: str, dim: int) -> None:
         meta = col.metadata or {}
-        built_by, built_dim = meta.get("model_id"), meta.get("dim")
+        built_by, built_dim = recorded_model_id(meta), meta.get("dim")
         if built_by != model_id or (built_dim is not None and int(built_dim) != dim):
             raise ModelMismatchError(
                 f"collection '{col.name}' was built by model {built_by} (dim {built_dim}), "
                 f"but the model in use is {model_id} (dim {dim}); run `toolkit reindex --model NAME` to "
                 f"rebuild it with the model in use, or switch TOOLKIT_MODEL back to the one that built it")
+
+    @property
+    def made_with(self) -> list[str]:
+        """How the machines that wrote this collection computed its vectors (`note_made_with`)."""
+        try:
+            return list(json.loads((self._col.metadata or {}).get("made_with") or "[]"))
+        except ValueError:
+            return []
+
+    def note_made_with(self, line: str) -> None:
+        """Record a machine's precision and CPU on the collection, once each (at most MADE_WITH_MAX
+        kept, the newest last): a store moved between machines says where its vectors came from."""
+        seen = [m for m in self.made_with if m != line]
+        if seen + [line] == self.made_with:
+            return
+        kept = (seen + [line])[-MADE_WITH_MAX:]
+        # Chroma replaces a collection's metadata whole on modify: keep the rest.
+        self._col.modify(metadata={**(self._col.metadata or {}), "made_with": json.dumps(kept)})
 
     def upsert(self, records: Sequence[Record]) -> None:
         for start in range(0, len(records), MAX_BATCH):

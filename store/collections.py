@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from store.base import recorded_model_id
 from toolkit.errors import StoreError
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def built_by(settings: "Settings", name: str) -> tuple[str | None, int | None]:
         raise StoreError(f"no collection named '{name}' in the store; `toolkit collections list` shows them")
     meta = col.metadata or {}
     dim = meta.get("dim")
-    return meta.get("model_id"), int(dim) if dim is not None else None
+    return recorded_model_id(meta), int(dim) if dim is not None else None
 
 
 # ---- pointers ------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def target_name(settings: "Settings", name: str, model_id: str) -> str:
     client = _client(settings)
     for candidate in candidates:
         col = _get(client, candidate)
-        if col is None or (col.metadata or {}).get("model_id") == model_id:
+        if col is None or recorded_model_id(col.metadata) == model_id:
             return candidate
     raise StoreError(f"collection names {', '.join(candidates)} are taken by another model; "
                      f"drop them with `toolkit collections drop NAME` or set TOOLKIT_COLLECTION to another name")
@@ -192,7 +193,7 @@ def list_collections(settings: "Settings") -> list[CollectionInfo]:
         rec = record(settings, name)
         products = products_name(name) if products_name(name) in cols else None
         out.append(CollectionInfo(
-            name=name, model_id=meta.get("model_id"), dim=int(meta["dim"]) if meta.get("dim") is not None else None,
+            name=name, model_id=recorded_model_id(meta), dim=int(meta["dim"]) if meta.get("dim") is not None else None,
             records=col.count(), products=products, product_count=cols[products].count() if products else 0,
             active=name == current, active_for=sorted(by_target.get(name, [])), model=rec.get("model"),
             complete=bool(rec.get("complete", True)), source=rec.get("source")))

@@ -21,6 +21,8 @@ class Embedder(Protocol):
     #   embed_images_with_features(images) -> (embeddings, features)  -- the features behind them
     #   tag_heads() -> TagHeads | None  -- label classifiers over those features (taggers/tag_heads.py)
     #   tags_id: str  -- their identity, part of the local tagger's version
+    #   provenance() -> str | None  -- how this machine computed its image vectors (precision, CPU),
+    #                                  recorded on the collection a tag run writes
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 

@@ -110,7 +110,8 @@ class LocalTagger:
         from taggers.offline_model import cache_dir
 
         spec = json.dumps([model_id, [(g.name, g.templates, g.labels) for g in self.groups]], sort_keys=True)
-        return cache_dir() / "labels" / f"{hashlib.sha256(spec.encode()).hexdigest()[:20]}.npz"
+        cache = getattr(self.embedder, "cache", None) or cache_dir()  # the embedder's data dir when it has one
+        return Path(cache) / "labels" / f"{hashlib.sha256(spec.encode()).hexdigest()[:20]}.npz"
 
     def _cached_label_embeddings(self) -> dict[str, np.ndarray]:
         path = self._label_cache_path()

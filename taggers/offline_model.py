@@ -22,6 +22,7 @@ from PIL import Image
 from taggers import weights
 from taggers.backbone_specs import LITE0, mid_dim, spec
 from taggers.colour import COLOUR_DIM, COLOUR_VERSION, colour_features
+from taggers.precision import PRECISIONS, Choice
 from toolkit.errors import ModelError
 
 if TYPE_CHECKING:
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Runtime = Literal["auto", "torch", "onnx"]
-#: int8 applies to the ONNX image backbone (taggers/quantize.py); PyTorch always runs fp32.
-Precision = Literal["fp32", "int8"]
+#: int8 applies to the ONNX image backbone (taggers/quantize.py) where taggers/precision.py finds
+#: it matches fp32 on this CPU; PyTorch always runs fp32.
+Precision = Literal["auto", "fp32", "int8"]
 MODEL_PREFIX = "offline-effnetlite0-minilm"
 IMAGE_SIZE = 224
 BACKBONE_DIM = 1280
@@ -46,12 +48,15 @@ def model_prefix(backbone: str) -> str:
     return MODEL_PREFIX.replace("effnetlite0", backbone.replace("efficientnet-", "effnet").replace("-", ""))
 
 
-def cache_dir() -> Path:
-    """Where derived files (ONNX exports, feature caches) go: TOOLKIT_DATA_DIR/cache, else the user cache."""
-    if os.environ.get("TOOLKIT_DATA_DIR"):
-        return Path(os.environ["TOOLKIT_DATA_DIR"]).expanduser() / "cache"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "toolkit"
+def cache_dir(data_dir: Path | None = None) -> Path:
+    """Where derived files (ONNX exports, int8 models, feature caches) go: DATA_DIR/cache, the
+    data directory being `data_dir` when given, else the settings' (TOOLKIT_DATA_DIR, .env, or
+    the default .toolkit), so that nothing lands outside the data directory the README names."""
+    if data_dir is None:
+        from toolkit.settings import load_settings
+
+        data_dir = load_settings().data_dir
+    return Path(data_dir).expanduser() / "cache"
 
 
 def pad_square(img: Image.Image) -> Image.Image:
@@ -137,7 +142,8 @@ class ImageFeaturizer:
 
     def __init__(self, runtime: Runtime = "auto", batch_size: int = 32, threads: int = 0,
                  overrides: dict[str, Any] | None = None, overrides_key: str = "",
-                 precision: Precision = "fp32", mid: str = "", backbone: str = LITE0) -> None:
+                 precision: Precision = "fp32", mid: str = "", backbone: str = LITE0,
+                 cache: Path | None = None) -> None:
         self.runtime = runtime
         self.backbone_name = backbone
         #: Side of the square pictures the backbone takes (taggers/backbone_specs.py).
@@ -146,6 +152,9 @@ class ImageFeaturizer:
         self.mid = mid
         self.precision = precision
         self.precision_used: str | None = None
+        #: Why that precision (taggers/precision.py), once the ONNX backbone is built.
+        self.choice: "Choice | None" = None
+        self.cache = cache if cache is not None else cache_dir()
         self.batch_size = batch_size
         self.threads = threads
         self.overrides = overrides or {}
@@ -166,11 +175,11 @@ class ImageFeaturizer:
     def features_key(self) -> str:
         """Names this featurizer's cached features (toolkit/training.py): the backbone key, plus
         the int8 model's hash when it runs quantised, since int8 features are close to fp32's
-        but not equal. Loads the model only for int8, to learn whether quantising worked."""
-        if self.precision != "int8":
+        but not equal. Loads the model unless fp32 is asked for, to learn which precision runs."""
+        if self.precision == "fp32":
             return self.backbone_key
         self.runner()
-        if self.precision_used != "int8":  # PyTorch, or quantising failed: fp32 features
+        if self.precision_used != "int8":  # PyTorch, quantising failed, or int8 strays here: fp32 features
             return self.backbone_key
         from taggers.quantize import int8_path
 
@@ -178,7 +187,7 @@ class ImageFeaturizer:
 
     def onnx_path(self) -> Path:
         short = self.backbone_name.replace("efficientnet-", "effnet-")
-        return cache_dir() / "onnx" / f"{short}-{self.backbone_key}-{_ONNX_FORMAT}.onnx"
+        return self.cache / "onnx" / f"{short}-{self.backbone_key}-{_ONNX_FORMAT}.onnx"
 
     def runner(self) -> Any:
         with self._lock:
@@ -199,6 +208,7 @@ class ImageFeaturizer:
 
         set_threads(self.threads)
         model = load_backbone(self.overrides, self.backbone_name)
+        self.precision_used, self.choice = "fp32", Choice(self.precision, "fp32", "PyTorch runs fp32 (TOOLKIT_RUNTIME)")
         return TorchBackbone(model, self.mid, self.backbone_name), "torch"
 
     def _onnx(self) -> OnnxBackbone:
@@ -211,22 +221,32 @@ class ImageFeaturizer:
             log.info("exporting the image backbone to ONNX at %s (once)", path)
             set_threads(self.threads)
             export_onnx(load_backbone(self.overrides, self.backbone_name), path, self.mid, self.backbone_name)
-        return OnnxBackbone(self._int8(path) if self.precision == "int8" else path, self.threads)
+        fp32 = OnnxBackbone(path, self.threads)
+        if self.precision == "fp32":
+            self.precision_used, self.choice = "fp32", Choice("fp32", "fp32", "fp32 asked for (TOOLKIT_PRECISION)")
+            return fp32
+        int8 = self._int8(path, fp32)
+        self.precision_used = self.choice.precision if self.choice else "fp32"
+        return int8 if int8 is not None and self.precision_used == "int8" else fp32
 
-    def _int8(self, fp32: Path) -> Path:
-        """The int8 model (quantised once into the cache), or the fp32 one if quantising fails."""
-        from taggers.quantize import int8_path, quantize_backbone
+    def _int8(self, fp32: Path, reference: OnnxBackbone) -> "OnnxBackbone | None":
+        """The int8 model (quantised once into the cache) with the verdict on it for this CPU in
+        `self.choice`; None (and an fp32 verdict) if quantising fails."""
+        from taggers.precision import cached_decide
+        from taggers.quantize import calibration_photos, int8_path, quantize_backbone
 
         try:
             if not int8_path(fp32).is_file():
                 log.info("quantising the image backbone to int8 (once)")
             path = quantize_backbone(fp32, self.image_size)
-            self.precision_used = "int8"
-            return path
+            int8 = OnnxBackbone(path, self.threads)
+            self.choice = cached_decide(self.precision, path, reference, int8,
+                                        lambda: normalise(calibration_photos(self.image_size)))
+            return int8
         except Exception as err:  # noqa: BLE001 - fp32 is always a correct answer
             log.warning("int8 quantisation failed (%s); using the fp32 model", err)
-            self.precision_used = "fp32"
-            return fp32
+            self.choice = Choice(self.precision, "fp32", f"int8 quantisation failed ({err})")
+            return None
 
     @property
     def backbone_dim(self) -> int:
@@ -295,14 +315,17 @@ class OfflineEmbedder:
     """Embedder over the shipped (or given) heads. `runtime` picks how the image backbone runs."""
 
     def __init__(self, heads_path: Path | None = None, runtime: Runtime = "auto",
-                 batch_size: int = 32, threads: int = 0, precision: Precision = "fp32") -> None:
+                 batch_size: int = 32, threads: int = 0, precision: Precision = "auto",
+                 cache: Path | None = None) -> None:
         if runtime not in ("auto", "torch", "onnx"):
             raise ModelError(f"runtime {runtime!r} is not one of auto, torch, onnx (TOOLKIT_RUNTIME)")
-        if precision not in ("fp32", "int8"):
-            raise ModelError(f"precision {precision!r} is not one of fp32, int8 (TOOLKIT_PRECISION)")
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} (TOOLKIT_PRECISION)")
         self.heads_path = Path(heads_path) if heads_path else None
         self.runtime = runtime
         self.precision = precision
+        #: DATA_DIR/cache: exports, the int8 model and its verdict, label caches.
+        self.cache = cache if cache is not None else cache_dir()
         self.batch_size = batch_size
         self.threads = threads
         self._lock = threading.Lock()
@@ -319,10 +342,25 @@ class OfflineEmbedder:
 
     @property
     def model_id(self) -> str:
-        # int8 vectors are close to fp32's but not equal: a collection must not mix them.
-        quantised = self.precision == "int8" and self.runtime != "torch"
+        # No precision in it: int8 runs only where it stays within taggers/precision.py's
+        # tolerance of fp32, so vectors from any machine's choice belong in one collection.
         prefix = model_prefix(self._header_config().get("backbone", LITE0))
-        return f"{prefix}:{weights.file_sha256(self.verified_heads)[:12]}" + ("-int8" if quantised else "")
+        return f"{prefix}:{weights.file_sha256(self.verified_heads)[:12]}"
+
+    def provenance(self) -> str | None:
+        """"int8 image backbone on <CPU (flags); onnxruntime X>", once images have been embedded."""
+        from toolkit.machine import describe
+
+        choice = self._images.choice if self._images else None
+        return f"{choice.precision} image backbone on {describe(choice.machine)}" if choice else None
+
+    def precision_choice(self) -> Choice:
+        """The image backbone's precision in force on this machine and why (builds the backbone,
+        and on first use quantises it and checks int8 against fp32)."""
+        images = self.images
+        images.runner()
+        assert images.choice is not None
+        return images.choice
 
     @property
     def tags_id(self) -> str:
@@ -355,7 +393,7 @@ class OfflineEmbedder:
                 self._images = ImageFeaturizer(self.runtime, self.batch_size, self.threads, overrides,
                                                weights.file_sha256(self.verified_heads) if overrides else "",
                                                self.precision, self._heads.cfg.mid_features,
-                                               self._heads.cfg.backbone)
+                                               self._heads.cfg.backbone, self.cache)
             return self._heads
 
     def _load_heads(self) -> tuple["Heads", dict[str, Any]]:
@@ -454,7 +492,7 @@ class OfflineEmbedder:
         from taggers.text_onnx import OnnxTextTower, export_text_tower, max_seq_length, tower_key
 
         key = tower_key(weights.file_sha256(self.verified_heads), weights.MINILM_SHA256)
-        path = cache_dir() / "onnx" / f"text-tower-{key}.onnx"
+        path = self.cache / "onnx" / f"text-tower-{key}.onnx"
         if path.is_file():
             folder = weights.minilm_package_dir()  # the export holds the weights: check the tokenizer only
             weights.verify(folder / "tokenizer.json", weights.MINILM_SHA256["tokenizer.json"],

@@ -2,9 +2,16 @@
 of the exported fp32 ONNX model, calibrated on the product photos shipped in
 taggers/data/calibration (48 train-split photos and their mirror images).
 
-Measured in bench/inference.py: 2.1x the fp32 backbone's speed, 1.55x the whole image
-embedder's, and the spine's quality figures within 0.6 points: so it is the default.
-Dynamic quantisation was tried and rejected: 4x slower than fp32 and cosine 0.86 to it.
+Whether it runs is taggers/precision.py's call, made on each machine: these u8s8 kernels match
+fp32 where the CPU has VNNI, AMX or ARM64's dot product, and saturate on x86-64 without them.
+Other recipes were measured (backbone features on 48 eval photos, cosine to fp32, mean / lowest;
+speed over fp32 on an AVX-512 VNNI + AMX Xeon; "AVX2" is the same ONNX Runtime under QEMU's
+Haswell CPU model):
+  u8s8 (kept)      VNNI 0.9959 / 0.9917, 1.9x     AVX2 0.909 / 0.684
+  u8s8 reduce_range VNNI 0.9869 / 0.9669, 1.9x    AVX2 0.9869 / 0.9669 (same everywhere, less exact)
+  s8s8             VNNI 0.9959 / 0.9919, 1.0x     (no faster, so pointless)
+  u8u8             VNNI 0.9971 / 0.9937, 0.1x     (ten times slower than fp32)
+Dynamic quantisation was rejected earlier: 4x slower than fp32 and cosine 0.86 to it.
 """
 from __future__ import annotations
 
@@ -25,17 +32,25 @@ def int8_path(fp32: Path) -> Path:
 
 def calibration_batches(batch: int = 16, size: int = 224) -> Iterator[np.ndarray]:
     """Normalised NCHW batches of the calibration photos, each followed by its mirror images."""
+    from taggers.offline_model import normalise
+
+    arrs = calibration_photos(size)
+    for i in range(0, len(arrs), batch):
+        yield normalise(arrs[i:i + batch])
+        yield normalise(np.ascontiguousarray(arrs[i:i + batch, :, ::-1]))
+
+
+def calibration_photos(size: int = 224) -> np.ndarray:
+    """The calibration photos as squared uint8 pictures (N, size, size, 3), without mirrors: what
+    taggers/precision.py checks int8 against fp32 on."""
     from PIL import Image
 
-    from taggers.offline_model import normalise, to_square
+    from taggers.offline_model import to_square
 
     photos = sorted(CALIBRATION.glob("*.jpg"))
     if not photos:
         raise FileNotFoundError(f"no calibration photos in {CALIBRATION}")
-    arrs = np.stack([to_square(Image.open(p), size) for p in photos])
-    for i in range(0, len(arrs), batch):
-        yield normalise(arrs[i:i + batch])
-        yield normalise(np.ascontiguousarray(arrs[i:i + batch, :, ::-1]))
+    return np.stack([to_square(Image.open(p), size) for p in photos])
 
 
 def quantize_backbone(fp32: Path, size: int = 224) -> Path:

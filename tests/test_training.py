@@ -135,7 +135,7 @@ def test_fine_tuned_last_block_travels_in_the_heads_file(shared_data, tmp_path, 
     heads, overrides = load_heads(out)
     assert heads.cfg.finetuned[0] == "_blocks.15" and any(k.startswith("_blocks.15.") for k in overrides)
     pics = [photo("tshirt"), photo("heels")]
-    onnx = OfflineEmbedder(heads_path=out, runtime="onnx", threads=2)
+    onnx = OfflineEmbedder(heads_path=out, runtime="onnx", threads=2, precision="fp32")
     torch_ = OfflineEmbedder(heads_path=out, runtime="torch", threads=2)
     np.testing.assert_allclose(onnx.embed_images(pics), torch_.embed_images(pics), atol=1e-4)
     # The export of fine-tuned weights is its own file, never the ImageNet one.
@@ -161,7 +161,7 @@ def test_each_backbone_trains_heads_named_and_sized_for_it(shared_data, tmp_path
     assert (cfg.backbone, cfg.image_size, cfg.mid_dim) == (backbone, size, mid_dim)
     short = backbone.replace("efficientnet-", "effnet").replace("-", "")
     assert report.model_id.startswith(f"offline-{short}-minilm:")
-    onnx = OfflineEmbedder(heads_path=out, runtime="onnx", threads=2)
+    onnx = OfflineEmbedder(heads_path=out, runtime="onnx", threads=2, precision="fp32")
     assert onnx.model_id == report.model_id and onnx.images.image_size == size
     assert onnx.images.onnx_path().name.startswith(backbone.replace("efficientnet-", "effnet-"))
     pics = [photo("tshirt"), photo("heels")]

@@ -37,6 +37,8 @@ class Stats:
     products: int
     linked_media: int
     tag_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: How the machines that wrote the collection computed its image vectors (precision, CPU).
+    made_with: list[str] = field(default_factory=list)
 
 
 class Toolkit:
@@ -155,7 +157,17 @@ class Toolkit:
                             products=load_products(self.products_store), settings=self.settings,
                             on_item=on_item, on_listed=on_listed, retag=retag, on_media=on_media)
         with self.store.keeping_saved_index():
-            return pipeline.run(uri)
+            report = pipeline.run(uri)
+        self._note_made_with()
+        return report
+
+    def _note_made_with(self) -> None:
+        """Record on the collection how this machine computed the vectors it wrote (precision, CPU):
+        a store moved to another machine keeps saying where its vectors came from."""
+        provenance = getattr(self.embedder, "provenance", None)  # optional on embedders (taggers/base.py)
+        line = provenance() if provenance else None
+        if line:
+            self.store.note_made_with(line)
 
     def plan(self, source: str | Path, tagger: str = "auto", retag: bool = False) -> "DryRunReport":
         """What `tag` would send to each tagger, and the billable units, without calling any."""
@@ -226,16 +238,17 @@ class Toolkit:
                      media=len(media_ids), images=kinds["image"], videos=kinds["video"],
                      frames=records - kinds["image"], products=self.products_store.count(),
                      linked_media=len(linked),
-                     tag_counts={g: dict(c.most_common(top)) for g, c in sorted(groups.items())})
+                     tag_counts={g: dict(c.most_common(top)) for g, c in sorted(groups.items())},
+                     made_with=self.store.made_with)
 
     # ---- changing models: collections behind TOOLKIT_COLLECTION -------------------------------
 
-    def reindex(self, model: str, *, heads_path: str | Path | None = None, precision: str | None = None,
+    def reindex(self, model: str, *, heads_path: str | Path | None = None,
                 clip_model: str | None = None, skip_missing: bool = False,
                 on_item: "ReindexCallback | None" = None,
                 on_listed: "Callable[[int], None] | None" = None) -> "ReindexReport":
         """Rebuild the collection in use with another model (a name of `registry.EMBEDDERS`,
-        with the model settings in force, which `heads_path`, `precision`, `clip_model` override)
+        with the model settings in force, which `heads_path` and `clip_model` override)
         into a new collection beside it, and switch to it once every item is there.
 
         Items that cannot be read again are listed in the report's `missing`; the switch waits
@@ -243,8 +256,7 @@ class Toolkit:
         A rerun continues an interrupted run without embedding again what is done."""
         from toolkit.reindex import reindex
 
-        new_settings = self._new_model_settings(model, heads_path=heads_path, precision=precision,
-                                                clip_model=clip_model)
+        new_settings = self._new_model_settings(model, heads_path=heads_path, clip_model=clip_model)
         source_model = None
         if not self._embedder_given:
             try:  # record what built the old collection, so `collections use` can go back to it

@@ -51,7 +51,8 @@ def _offline(settings: Settings) -> "Embedder":
     from taggers.offline_model import OfflineEmbedder
 
     return OfflineEmbedder(heads_path=settings.heads_path, runtime=settings.runtime,
-                           batch_size=settings.batch_size, threads=settings.threads, precision=settings.precision)
+                           batch_size=settings.batch_size, threads=settings.threads, precision=settings.precision,
+                           cache=settings.data_dir / "cache")
 
 
 def _clip(settings: Settings) -> "Embedder":
@@ -70,7 +71,8 @@ def embedder(settings: Settings) -> "Embedder":
 
 
 #: Besides TOOLKIT_MODEL, the settings that decide which model (so which model id) an embedder is.
-MODEL_SETTINGS: dict[str, tuple[str, ...]] = {"offline": ("heads_path", "runtime", "precision"),
+#: Not the precision: any precision in force gives vectors within tolerance of fp32's (taggers/precision.py).
+MODEL_SETTINGS: dict[str, tuple[str, ...]] = {"offline": ("heads_path", "runtime"),
                                               "clip": ("clip_model",)}
 
 

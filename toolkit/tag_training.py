@@ -113,7 +113,9 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
     labels, targets = group_targets(rows, load_vocabulary(vocabulary))
     if not labels:
         raise CatalogError(f"--catalog {catalog_csv}: no column of the tag vocabulary has labels to learn")
-    model = OfflineEmbedder(heads_path=heads_path, runtime=runtime, threads=threads)  # type: ignore[arg-type]
+    # fp32 features: classifiers learn from the exact features, whatever this CPU would run at.
+    model = OfflineEmbedder(heads_path=heads_path, runtime=runtime, threads=threads,  # type: ignore[arg-type]
+                            precision="fp32")
     heads_file = model.verified_heads
     # The embedder's own featurizer: the backbone, fine-tuned blocks and mid-level taps the heads use.
     feats, mirror = image_features([Path(images_dir) / f"{r['id']}.jpg" for r in rows], model.images,

@@ -150,6 +150,8 @@ def print_changes(comparison: Comparison) -> None:
 def print_table(r: EvalReport) -> None:
     out.print(f"model {r.model_id}: {r.items} photos ({r.split} split), {r.attribute_queries} attribute queries, "
               f"{len(r.skipped)} skipped, {r.seconds:.0f} s", highlight=False, soft_wrap=True)
+    if r.measured_on:
+        out.print(f"measured with the {r.measured_on.get('line')}", highlight=False, soft_wrap=True)
     m = r.metrics
     attrs = r.attributes + (["all"] if len(r.attributes) > 1 else [])
     t = Table("retrieval", *attrs, title=None, box=None, pad_edge=False)

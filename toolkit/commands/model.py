@@ -89,7 +89,9 @@ def info(
     heads: Path = typer.Option(None, "--heads", help="Heads file (default: those of the collection in use, else TOOLKIT_HEADS_PATH or the shipped ones)."),
 ) -> None:
     """Show the offline model's id, dimension and how its heads were trained: by default the
-    model the collection in use was built with (`toolkit reindex`), else the configured one."""
+    model the collection in use was built with (`toolkit reindex`), else the configured one.
+    Also the image backbone's precision on this machine and why (on first use here, int8 is
+    checked against fp32 first, which takes up to a minute)."""
     from toolkit.training import heads_info
 
     if heads is None:
@@ -99,8 +101,22 @@ def info(
                        "pass --heads to describe a heads file")
             return
         heads = settings.heads_path
+    else:
+        settings = _model_settings().model_copy(update={"heads_path": heads, "model": "offline"})
     for key, value in heads_info(heads).items():
         typer.echo(f"{key}: {value}")
+    if settings.model == "offline":
+        _print_precision(settings)
+
+
+def _print_precision(settings: "Settings") -> None:
+    """The image backbone's precision on this machine, measured now if it never was (once)."""
+    from toolkit import registry
+    from toolkit.machine import describe
+
+    choice = registry.embedder(settings).precision_choice()
+    typer.echo(f"precision: {choice.precision} (TOOLKIT_PRECISION={settings.precision}): {choice.reason}")
+    typer.echo(f"machine: {describe(choice.machine)}")
 
 
 def _model_settings() -> "Settings":

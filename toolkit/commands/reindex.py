@@ -17,8 +17,6 @@ def reindex(
     model: str = typer.Option(..., "--model", "-m", help="The new model: offline or clip."),
     heads: Optional[Path] = typer.Option(None, "--heads", help="Offline model: projection heads to use, e.g. "
                                          "from `toolkit model train` (default: TOOLKIT_HEADS_PATH or the shipped ones)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Offline model: int8 or fp32 "
-                                            "(default: TOOLKIT_PRECISION)."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP: hub name or local folder "
                                              "(default: TOOLKIT_CLIP_MODEL)."),
     skip_missing: bool = typer.Option(False, "--skip-missing",
@@ -35,9 +33,7 @@ def reindex(
 
     The old collection stays: `toolkit collections use NAME` goes back to it.
     """
-    if precision is not None and precision not in ("int8", "fp32"):
-        raise typer.BadParameter("use int8 or fp32", param_hint="--precision")
-    report = _run_with_progress(Toolkit(), model, heads, precision, clip_model, skip_missing)
+    report = _run_with_progress(Toolkit(), model, heads, clip_model, skip_missing)
     if as_json:
         print_json(_jsonable(report))
     else:
@@ -46,9 +42,9 @@ def reindex(
         raise typer.Exit(1)
 
 
-def _run_with_progress(tk: Toolkit, model, heads, precision, clip_model, skip_missing) -> "ReindexReport":
+def _run_with_progress(tk: Toolkit, model, heads, clip_model, skip_missing) -> "ReindexReport":
     with item_progress("re-indexing", ["embedded", "done", "missing"], announce={"missing"}) as (on_item, on_listed):
-        return tk.reindex(model, heads_path=heads, precision=precision, clip_model=clip_model,
+        return tk.reindex(model, heads_path=heads, clip_model=clip_model,
                           skip_missing=skip_missing, on_item=on_item, on_listed=on_listed)
 
 

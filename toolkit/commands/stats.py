@@ -15,6 +15,8 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) 
         return
     out.print(f"store       {s.store} (collection {s.collection})", highlight=False, soft_wrap=True)
     out.print(f"model       {s.model_id} ({s.dim}-d)", highlight=False)
+    for line in s.made_with:
+        out.print(f"vectors     {line}", highlight=False, soft_wrap=True)
     out.print(f"media       {s.media} ({s.images} images, {s.videos} videos with {s.frames} frames)", highlight=False)
     out.print(f"records     {s.records}", highlight=False)
     out.print(f"products    {s.products} ({s.linked_media} media linked to a product)", highlight=False)
