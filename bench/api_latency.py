@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-from common import free_port, say  # noqa: E402
+from common import free_port, machine, say  # noqa: E402
 from toolkit.core import Toolkit  # noqa: E402
 from toolkit.settings import load_settings  # noqa: E402
 
@@ -214,7 +214,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model_id": model_id,
         "records": records, "products": products, "k": args.k, "threads": args.threads,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {**machine(), "platform": platform.platform()},
         "method": "client-side wall time per request over HTTP to `toolkit serve` on 127.0.0.1, sequential, "
                   f"after {WARMUP} warm-up requests per kind",
         "results": results}, indent=2) + "\n")

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from common import free_port, say  # noqa: E402
+from common import free_port, machine, say  # noqa: E402
 from tests.fakes.azure_cv_server import FakeCustomVision  # noqa: E402
 from tests.fakes.gcp_vi_server import FakeVideoIntelligence  # noqa: E402
 from tests.helpers import write_mp4  # noqa: E402
@@ -153,7 +153,7 @@ def main() -> None:
               f"(at most {r.get('allowed_by_rate')} allowed; busiest second {r.get('busiest_1s_window')}): "
               f"{'within' if r.get('within_rate') else 'OVER'} the rate; faults served {r['faults_served']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps({**result, "machine": machine()}, indent=2) + "\n")
     say(f"wrote {args.out}")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import CACHE, RESULTS, photo_folder, say  # noqa: E402
+from common import CACHE, RESULTS, machine, photo_folder, say  # noqa: E402
 from ingest import embedder  # noqa: E402
 
 STEPS = ("first tag", "re-run, unchanged", "re-run, tagger changed", "--retag", "--retag again")
@@ -79,4 +79,5 @@ if __name__ == "__main__":
     result = run(a.photos, a.repeats)
     print_table(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "retag.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (RESULTS / "retag.json").write_text(json.dumps({**result, "machine": machine()}, indent=1) + "\n",
+                                        encoding="utf-8")

@@ -17,7 +17,7 @@ import os
 import platform
 from datetime import datetime, timezone
 
-from common import RESULTS, load_average, say  # noqa: E402
+from common import RESULTS, load_average, machine, say  # noqa: E402
 
 PARTS = ("ingest", "search", "cold", "inference")
 
@@ -201,7 +201,7 @@ def main() -> None:
         # Re-read before writing: another run of another part may have saved meanwhile.
         result = json.loads(path.read_text()) if path.is_file() else {}
         result.setdefault("runs", {})
-        result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+        result["machine"] = machine()
         if part == "search":
             keep_optional(figures, result)
         result[part] = figures

@@ -41,6 +41,7 @@ def render(report: EvalReport, comparison: Comparison | None = None) -> str:
              f"<h1>Evaluation of {escape(report.model_id)}</h1>",
              f"<p>{report.items} photos ({escape(report.split)} split), {report.attribute_queries} attribute queries, "
              f"{len(report.skipped)} skipped, {report.seconds:.0f} s.</p>",
+             f"<p>Measured with the {escape(str(report.measured_on.get('line', 'unrecorded machine')))}.</p>",
              "<h2>Metrics</h2>", metrics_table(report.metrics, report.ceilings, report.margins),
              changes_table(comparison) if comparison is not None else "",
              "<h2>Image-to-image precision@5 per category</h2>", bars(report.per_category),

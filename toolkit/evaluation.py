@@ -98,6 +98,9 @@ class EvalReport:
     #: comparison with another model's run pairs up (toolkit/eval_compare.py). Not in eval.json.
     per_item: dict[str, dict[str, float]] = field(default_factory=dict)
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The machine and precision the figures were measured with (`measured_on`): figures from
+    #: two machines are never compared blind.
+    measured_on: dict[str, object] = field(default_factory=dict)
     tags: dict[str, dict] = field(default_factory=dict)
     map: dict[str, list] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)
@@ -471,8 +474,20 @@ def evaluate(catalog_csv: Path, images: Path, toolkit: "Toolkit | None" = None, 
                         attributes=[columns[g] for g in RETRIEVAL_GROUPS if g in columns],
                         skipped=missing + indexed.problems)
     _score(report, tk, tagger, columns, items, emb, stored, features)
+    report.measured_on = measured_on(tk.embedder)
     report.seconds = round(time.perf_counter() - started, 2)
     return report
+
+
+def measured_on(embedder: object) -> dict[str, object]:
+    """CPU, its int8-relevant flags, the ONNX Runtime version and the image precision in force."""
+    from toolkit.machine import describe, machine_facts
+
+    facts = dict(machine_facts())
+    choice = getattr(embedder, "precision_choice", None)  # the offline model's; CLIP runs fp32 on PyTorch
+    facts["precision"] = choice().precision if choice else "fp32"
+    facts["line"] = f"{facts['precision']} image backbone on {describe()}"
+    return facts
 
 
 def catalog_header(catalog_csv: Path) -> list[str]:
