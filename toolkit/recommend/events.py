@@ -283,11 +283,11 @@ def validate(rows: pd.DataFrame, unit: str) -> tuple[pd.DataFrame, list[RowProbl
     flag(~etype.isin(EVENT_TYPES), "unknown event type " + etype.map(repr) + f" (known: {', '.join(EVENT_TYPES)})")
     quantity = pd.to_numeric(rows["quantity"].map(_text).replace("", "1"), errors="coerce")
     flag(quantity.isna(), "quantity " + rows["quantity"].map(lambda v: repr(_text(v))) + " is not a number")
-    flag(quantity < 0, "negative quantity " + quantity.astype(str))
+    flag(quantity < 0, "negative quantity " + rows["quantity"].map(_text))
     price_text = rows["price"].map(_text)
     price = pd.to_numeric(price_text.replace("", None), errors="coerce")
     flag(price.isna() & (price_text != ""), "price " + price_text.map(repr) + " is not a number")
-    flag(price < 0, "negative price " + price.astype(str))
+    flag(price < 0, "negative price " + price_text)
     basket = rows["basket_id"].map(_text).replace("", None)
     good = reason == ""
     problems = [RowProblem(int(line), why) for line, why in zip(rows["line"][~good], reason[~good])]
