@@ -18,6 +18,7 @@ from toolkit.recommend.service import Recommender
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 MAX_K = 100
+Where = Annotated[list[str], Query(description="Filters as `field=value` or `price<50`, repeatable.")]
 
 
 class PickOut(BaseModel):
@@ -83,8 +84,6 @@ def router(recommender: Callable[[], Recommender], errors: Callable[..., dict]) 
     def answer(started: float, result: Picks) -> PicksOut:
         return PicksOut(picks=[PickOut.of(p) for p in result.picks], count=len(result.picks), note=result.note,
                         took_ms=round((time.perf_counter() - started) * 1000, 1))
-
-    Where = Annotated[list[str], Query(description="Filters as `field=value` or `price<50`, repeatable.")]
 
     @api.get("/recommend/together/{product_id}", response_model=PicksOut, responses=errors(404, 422, 503))
     def together(product_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10, where: Where = [],

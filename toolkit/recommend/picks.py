@@ -57,9 +57,14 @@ def for_history(models: Models, history: pd.DataFrame, now: datetime, n: int, *,
     bought = known[known["event_type"] == "purchase"]
     bought_cols = bought["item_id"].map(data.item_index).to_numpy(dtype=np.int64)
     if weights.repurchase and len(bought):
+        # The latest purchase of each item sets its place (the most recent first, as the strong baseline
+        # orders them); how many were bought only breaks ties within a day.
         age = (pd.Timestamp(now) - bought["ts"]).dt.total_seconds().to_numpy() / 86400.0
         rep = np.zeros(size, dtype=np.float64)
-        np.add.at(rep, bought_cols, bought["quantity"].to_numpy() * np.power(0.5, np.maximum(age, 0) / REPURCHASE_HALF_LIFE))
+        np.maximum.at(rep, bought_cols, np.power(0.5, np.maximum(age, 0) / REPURCHASE_HALF_LIFE))
+        count = np.zeros(size, dtype=np.float64)
+        np.add.at(count, bought_cols, bought["quantity"].to_numpy())
+        rep = np.where(rep > 0, rep * (1 + 0.001 * np.log1p(count)), 0.0)
         # Anything bought ranks above what was not (the strong baseline's order), the latest first.
         signals["repurchase"] = np.where(rep > 0, REPURCHASE_FLOOR + (1 - REPURCHASE_FLOOR) * normalised(rep), 0.0)
         if weights.variant:
