@@ -38,16 +38,21 @@ u4,d1,2024-03-07
 """
 
 
-@pytest.fixture
-def rec(tmp_path):
+def shop(folder):
     for name, text in (("items.csv", ITEMS), ("users.csv", USERS), ("events.csv", EVENTS)):
-        (tmp_path / name).write_text(text)
-    r = Recommender(tmp_path / "data")
-    r.import_items(tmp_path / "items.csv")
-    r.import_users(tmp_path / "users.csv")
-    assert r.import_events(tmp_path / "events.csv").added == 13
+        (folder / name).write_text(text)
+    r = Recommender(folder / "data")
+    r.import_items(folder / "items.csv")
+    r.import_users(folder / "users.csv")
+    assert r.import_events(folder / "events.csv").added == 13
     r.train()
     return r
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory):
+    """One shop for the tests that only read; a test that records events makes its own."""
+    return shop(tmp_path_factory.mktemp("shop"))
 
 
 def ids(picks):
@@ -98,7 +103,8 @@ def test_filters_and_min_score_apply_to_picks(rec):
     assert rec.for_user("u1", min_score=1e9).note == "no pick meets the filters"
 
 
-def test_a_new_event_changes_a_users_picks_at_once(rec):
+def test_a_new_event_changes_a_users_picks_at_once(tmp_path):
+    rec = shop(tmp_path)
     assert "d1" not in ids(rec.for_user("u1", k=3))
     rec.record([Event("u1", "d1", datetime(2024, 3, 8), quantity=3)])
     result = rec.for_user("u1", k=3)
@@ -117,9 +123,11 @@ def test_a_user_with_no_events_gets_trending_in_their_segment_or_overall(rec):
 
 def test_trending_overall_and_per_facet_with_time_decay(rec):
     overall = rec.trending(k=10)
-    # a1 was bought 4 times; a2 and b1 3 times each, a2 later: decay puts it before b1.
-    assert ids(overall)[:3] == ["a1", "a2", "b1"]
-    assert overall.picks[0].score > overall.picks[1].score > overall.picks[2].score
+    # Half-life 7 days, now = 7 March: c1's 2 purchases on 6-7 March (0.91 + 1.0) outweigh b1's 3 on
+    # 1-3 March (0.55 + 0.61 + 0.67); a2's 3 on 3-5 March outweigh both.
+    assert ids(overall)[:4] == ["a1", "a2", "c1", "b1"]
+    assert overall.picks[2].score == pytest.approx(0.5 ** (1 / 7) + 1, abs=1e-3)
+    assert overall.picks[3].score == pytest.approx(sum(0.5 ** (d / 7) for d in (6, 5, 4)), abs=1e-3)
     men = rec.trending(facet={"index_group_name": "Menswear"})
     assert ids(men) == ["c1", "d1"] and men.picks[0].reason == "trending in Menswear"
     assert rec.trending(facet={"index_group_name": "Kids"}).note == "nothing bought in the last 30 days in Kids"

@@ -94,13 +94,14 @@ class CF:
             return np.zeros(self.model.item_factors.shape[0], dtype=np.float32)
         return np.asarray(self.model.item_factors @ np.asarray(factors).ravel()).ravel()
 
-    def because(self, row: csr_matrix, item: int) -> int | None:
-        """The item of the row that most explains `item` (item-item: the most similar one)."""
+    def because(self, row: csr_matrix, items: np.ndarray) -> np.ndarray:
+        """For each of `items`, the item of the row that most explains it (item-item: the most similar
+        one; factor models: the closest in factor space). Empty rows explain nothing (-1)."""
         if row.nnz == 0:
-            return None
+            return np.full(len(items), -1)
         if self.kind == "item":
-            sims = np.asarray(self.model.similarity[row.indices][:, item].todense()).ravel()
+            sims = np.asarray(self.model.similarity[row.indices][:, items].todense())
         else:
             f = self.model.item_factors
-            sims = f[row.indices] @ f[item]
-        return int(row.indices[int(np.argmax(sims))])
+            sims = f[row.indices] @ f[items].T
+        return row.indices[np.argmax(sims, axis=0)]

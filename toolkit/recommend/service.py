@@ -60,6 +60,7 @@ class Recommender:
         self._models: Models | None = None
         self._models_mtime: float | None = None
         self._lock = threading.Lock()
+        self._item_cache: tuple[int, dict[str, Item]] | None = None
 
     @classmethod
     def for_settings(cls, settings: "Settings", neighbours: Neighbours | None = None) -> "Recommender":
@@ -231,11 +232,18 @@ class Recommender:
 
     # -- results -----------------------------------------------------------------------------------
 
+    def _items(self) -> dict[str, Item]:
+        """The items table, read once per process and again after an items import here (another process
+        cannot import while this one holds the database)."""
+        count = self.events.item_count()
+        if self._item_cache is None or self._item_cache[0] != count:
+            self._item_cache = (count, self.events.items())
+        return self._item_cache[1]
+
     def _finish(self, found: list[Candidate], k: int, where: Where, min_score: float | None,
                 reason: Callable[[Candidate, dict[str, Item]], str]) -> Picks:
         wanted = clauses(where)
-        ids = {c.item_id for c in found} | {c.because for c in found if c.because}
-        items = self.events.items(ids)
+        items = self._items()
         out = []
         for c in found:
             if min_score is not None and c.score < min_score:

@@ -18,7 +18,7 @@ def decayed_counts(events: pd.DataFrame, now: datetime, window_days: float = 30,
         return pd.DataFrame({"group": [], "item_id": [], "score": []})
     age = (pd.Timestamp(now) - recent["ts"]).dt.total_seconds().to_numpy() / 86400.0
     weight = recent["quantity"].to_numpy() * np.power(0.5, age / max(half_life_days, 1e-9))
-    group = recent[group_of].map(groups).fillna("") if groups is not None else "all"
+    group = recent[group_of].map(lambda key: groups.get(key, "")) if groups is not None else "all"
     scored = pd.DataFrame({"group": group, "item_id": recent["item_id"].to_numpy(), "score": weight})
     scored = scored[scored["group"] != ""]
     table = scored.groupby(["group", "item_id"], as_index=False)["score"].sum()
