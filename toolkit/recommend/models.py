@@ -33,6 +33,8 @@ StepCallback = Callable[[str, float], None]
 class Options:
     basket_window_days: int = 1
     min_baskets: int = 2
+    #: Pairs must also be in this share of baskets: at millions of baskets, 2 would keep every pair.
+    min_pair_support: float = 1e-5
     trending_window_days: float = 30
     trending_half_life_days: float = 7
     cf_kinds: tuple[str, ...] = ("als", "item")
@@ -55,6 +57,8 @@ class Models:
     options: Options = field(default_factory=Options)
     seconds: dict[str, float] = field(default_factory=dict)
     format: int = FORMAT
+    #: Tables derived at serving time (trending lists and vectors per group), kept for the next call.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,8 @@ def build(events: pd.DataFrame, now: datetime, stamp: str, users: Mapping[str, M
         cf[kind] = CF(kind, factors=options.factors, iterations=options.iterations).fit(data)  # type: ignore[arg-type]
         step(f"cf {kind}", started)
     started = time.perf_counter()
-    together = complements(baskets(purchases, options.basket_window_days), options.min_baskets)
+    found = baskets(purchases, options.basket_window_days)
+    together = complements(found, max(options.min_baskets, int(options.min_pair_support * len(found))))
     step("bought together (fp-growth)", started)
     started = time.perf_counter()
     segments = {u: s for u, attrs in users.items() if (s := segment(attrs))}

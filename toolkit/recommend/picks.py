@@ -87,7 +87,7 @@ def for_history(models: Models, history: pd.DataFrame, now: datetime, n: int, *,
             scores = np.maximum(models.cf[kind].scores(row, user), 0)
             scores[cols] = 0.0  # what they touched already is "buy it again"'s to bring back
             signals[kind] = normalised(scores)
-    trend_group = segment if segment and (models.by_segment["group"] == segment).any() else "all"
+    trend_group = segment if segment and _trending_rows(models, segment) else "all"
     if weights.trending:
         signals["trending"] = normalised(_trending_vector(models, trend_group, size))
     total = np.zeros(size, dtype=np.float64)
@@ -122,10 +122,8 @@ def trending(models: Models, n: int, group: str = "all",
              item_filter: Mapping[str, str] | None = None, attributes: Mapping[str, Mapping[str, str]] | None = None
              ) -> list[Candidate]:
     """Top sellers (decayed) overall or in a segment, optionally only items whose attributes match."""
-    table = models.by_segment if group != "all" else models.trending
-    rows = table[table["group"] == group]
     out = []
-    for item, score in zip(rows["item_id"], rows["score"]):
+    for item, score in _trending_rows(models, group):
         attrs = (attributes or {}).get(item, {})
         if item_filter and any(attrs.get(k) != v for k, v in item_filter.items()):
             continue
@@ -159,15 +157,26 @@ def _variants(models: Models, items: list[str], strength: np.ndarray, size: int)
     return vector
 
 
+def _trending_rows(models: Models, group: str) -> list[tuple[str, float]]:
+    key = ("trending rows", group)
+    if key not in models.cache:
+        table = models.by_segment if group != "all" else models.trending
+        rows = table[table["group"] == group]
+        models.cache[key] = list(zip(rows["item_id"].tolist(), rows["score"].astype(float).tolist()))
+    return models.cache[key]
+
+
 def _trending_vector(models: Models, group: str, size: int) -> np.ndarray:
-    table = models.by_segment if group != "all" else models.trending
-    rows = table[table["group"] == group]
-    vector = np.zeros(size, dtype=np.float64)
-    index = models.data.item_index
-    for item, score in zip(rows["item_id"], rows["score"]):
-        if item in index:
-            vector[index[item]] = score
-    return vector
+    key = ("trending vector", group)
+    if key not in models.cache:
+        vector = np.zeros(size, dtype=np.float64)
+        index = models.data.item_index
+        for item, score in _trending_rows(models, group):
+            if item in index:
+                vector[index[item]] = score
+        vector.setflags(write=False)
+        models.cache[key] = vector
+    return models.cache[key]
 
 
 def _because(models: Models, source: str, i: int, bought: pd.DataFrame, group: str) -> str | None:

@@ -1,7 +1,7 @@
 """Association rules over baskets with mlxtend's FP-Growth (or Apriori): support, confidence, lift."""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -21,8 +21,16 @@ def frequent_itemsets(baskets: Sequence[Sequence[str]], min_support: float, max_
 
     if not baskets:
         return pd.DataFrame({"support": [], "itemsets": []})
+    # An item in fewer baskets than min_support can be in no frequent itemset: leave it out before
+    # encoding (every basket stays a row, so supports keep their denominator). mlxtend works on a
+    # dense copy of the one-hot, so its width is what costs memory: 10 GB for 1M baskets over 10k items.
+    counts = Counter(item for b in baskets for item in set(b))
+    least = min_support * len(baskets)
+    frequent = {item for item, n in counts.items() if n >= least}
     encoder = TransactionEncoder()
-    onehot = encoder.fit_transform([list(b) for b in baskets], sparse=True)
+    onehot = encoder.fit_transform([[i for i in b if i in frequent] for b in baskets], sparse=True)
+    if onehot.shape[1] == 0:
+        return pd.DataFrame({"support": [], "itemsets": []})
     frame = pd.DataFrame.sparse.from_spmatrix(onehot, columns=[str(c) for c in encoder.columns_])
     mine = fpgrowth if algorithm == "fpgrowth" else apriori
     return mine(frame, min_support=min_support, use_colnames=True, max_len=max_len)

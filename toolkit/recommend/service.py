@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 #: Finds products that look like a product (the vector store's nearest neighbours), for products no basket holds.
 Neighbours = Callable[[str, int], list[str]]
 ALL_TYPES = ("purchase", "cart", "view")
+#: A session (no account, a few views): what was bought with what they look at leads; nothing was bought.
+SESSION_WEIGHTS = Weights(repurchase=0, repurchase_days=0, item=1.0, als=0.3, trending=0.3, variant=0.5)
 
 
 @dataclass
@@ -205,8 +207,9 @@ class Recommender:
         models = self.models()
         history = pd.DataFrame({"item_id": list(item_ids), "event_type": "view", "quantity": 1.0,
                                 "ts": pd.Timestamp(models.now)})
-        found = ranking.for_history(models, history, models.now, _pool(k, where), weights=self.weights,
-                                    buy_again=False)
+        found = ranking.for_history(models, history, models.now, _pool(k, where) + len(item_ids),
+                                    weights=SESSION_WEIGHTS, buy_again=False)
+        found = [c for c in found if c.item_id not in set(item_ids)]
         return self._finish(found, k, where, None, lambda c, items: self._user_reason(c, items, history))
 
     def trending(self, k: int = 12, facet: Mapping[str, str] | None = None, segment_name: str | None = None,
@@ -276,7 +279,9 @@ class Recommender:
             last = history[history["item_id"] == c.item_id]["ts"].max()
             return f"buy it again: you bought it on {pd.Timestamp(last):%Y-%m-%d}"
         if c.source in ("item", "als", "bpr"):
-            return f"because you bought {self._title(items, c.because)}"
+            bought = (history["item_id"] == c.because) & (history["event_type"] == "purchase")
+            verb = "bought" if bought.any() else "looked at"
+            return f"because you {verb} {self._title(items, c.because)}"
         if c.source == "variant":
             return f"another colour of {self._title(items, c.because)}, which you bought"
         return f"trending in {c.because}" if c.because else "trending now"
