@@ -6,6 +6,7 @@
 - api: GET /api/recommend/{together,user,trending} through a real uvicorn, p50 and p99;
 - import: N synthetic events from a CSV into DuckDB;
 - rules: FP-Growth (mlxtend) over N synthetic baskets, time and peak memory;
+- miners: mlxtend's FP-Growth and Apriori against efficient-apriori, same baskets, same rules?;
 - scale: `train` on synthetic data shaped like the full H&M data (31M purchases, 1.4M customers,
   105k articles) times --scale.
 Each heavy job runs in its own process, so its peak memory (ru_maxrss) is its own.
@@ -130,6 +131,45 @@ def job_rules(n: int, min_support: float) -> dict:
             "rules": len(rules)}
 
 
+def job_miners(source: str, min_support: float, min_confidence: float) -> dict:
+    """mlxtend's FP-Growth and Apriori against efficient-apriori on the same baskets: time, rules, agreement."""
+    from efficient_apriori import apriori as ea_apriori
+
+    from toolkit.recommend.baskets import baskets
+    from toolkit.recommend.rules import mine_rules
+
+    if source == "hm":
+        import tempfile as tf
+
+        with tf.TemporaryDirectory() as tmp:
+            found = baskets(hm_recommender(Path(tmp)).events.frame())
+    else:
+        found = synthetic_baskets(int(source), 10_500)
+    out: dict = {"baskets": len(found), "min_support": min_support, "min_confidence": min_confidence}
+    sets = {}
+    for name in ("fpgrowth", "apriori"):
+        started = time.perf_counter()
+        try:
+            rules = mine_rules(found, min_support, min_confidence, algorithm=name)
+        except MemoryError as exc:  # mlxtend's Apriori tests candidates on a dense baskets x candidates array
+            out[f"mlxtend {name}"] = {"seconds": round(time.perf_counter() - started, 2), "rules": None,
+                                      "error": str(exc)}
+            continue
+        out[f"mlxtend {name}"] = {"seconds": round(time.perf_counter() - started, 2), "rules": len(rules)}
+        sets[name] = {(r.antecedents, r.consequents): (r.support, r.confidence) for r in rules}
+    started = time.perf_counter()
+    _, rules = ea_apriori([tuple(b) for b in found], min_support=min_support, min_confidence=min_confidence)
+    out["efficient-apriori"] = {"seconds": round(time.perf_counter() - started, 2), "rules": len(rules)}
+    sets["efficient"] = {(tuple(sorted(r.lhs)), tuple(sorted(r.rhs))): (r.support, r.confidence) for r in rules}
+    ref = sets["fpgrowth"]
+    out["same_rules"] = all(
+        other.keys() == ref.keys() and all(abs(ref[k][0] - other[k][0]) < 1e-9 and abs(ref[k][1] - other[k][1]) < 1e-9
+                                           for k in ref)
+        for other in sets.values())
+    out["compared"] = sorted(sets)
+    return out
+
+
 def job_scale(scale: float) -> dict:
     """Train on purchases shaped like the full H&M data times `scale`."""
     import numpy as np
@@ -200,8 +240,21 @@ def main() -> None:
     parser.add_argument("--min-support", type=float, default=0.001)
     parser.add_argument("--scale", type=float, nargs="*", default=[0.01, 0.1])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS),
+                        help="Which jobs to run; the others' figures stay in the JSON from earlier runs.")
     args = parser.parse_args()
-    result: dict = {"cpu": cpu(), "load_average": os.getloadavg()[0], "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = RESULTS / "recommend.json"
+    result: dict = json.loads(path.read_text()) if path.is_file() else {}
+    result.update({"cpu": cpu(), "load_average": os.getloadavg()[0],
+                   "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    for job in args.jobs:
+        JOBS[job](args, result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"cpu: {result['cpu']}, load average {result['load_average']:.1f}")
+
+
+def run_train_and_api(args, result: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result["train_hm"] = isolated(job_train, tmp)
         print(f"train on H&M ({result['train_hm']['events']} events): {result['train_hm']['seconds']} s, "
@@ -209,25 +262,47 @@ def main() -> None:
         result["api"] = api_latency(Path(tmp), args.requests)
         for name, r in result["api"].items():
             print(f"GET /api/recommend/{name:<9} p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms", flush=True)
+
+
+def run_import(args, result: dict) -> None:
     result["import"] = isolated(job_import, args.events)
     r = result["import"]
     print(f"import {r['rows']} synthetic events: {r['seconds']} s ({r['rows_per_s']}/s), peak {r['peak_mb']} MB; "
           f"again: {r['reimport_seconds']} s, {r['reimport_added']} added", flush=True)
+
+
+def run_rules(args, result: dict) -> None:
     result["rules"] = []
     for n in args.baskets:
         r = isolated(job_rules, n, args.min_support)
         result["rules"].append(r)
         print(f"rules over {n} synthetic baskets (min support {args.min_support}): {r['seconds']} s, "
               f"{r['rules']} rules, peak {r['peak_mb']} MB", flush=True)
+
+
+def run_miners(args, result: dict) -> None:
+    result["miners"] = []
+    for source, support, confidence in (("hm", 0.001, 0.3), ("hm", 0.0003, 0.1), ("100000", 0.001, 0.1)):
+        r = isolated(job_miners, source, support, confidence)
+        result["miners"].append(r)
+        times = "  ".join(f"{k} {r[k]['seconds']} s ({r[k]['rules']} rules)" if "error" not in r[k] else
+                          f"{k} failed after {r[k]['seconds']} s: {r[k]['error'][:60]}"
+                          for k in ("mlxtend fpgrowth", "mlxtend apriori", "efficient-apriori"))
+        print(f"miners on {r['baskets']} {'H&M' if source == 'hm' else 'synthetic'} baskets (support {support}, "
+              f"confidence {confidence}): {times}; same rules: {r['same_rules']}", flush=True)
+
+
+def run_scale(args, result: dict) -> None:
     result["scale"] = []
     for scale in args.scale:
         r = isolated(job_scale, scale)
         result["scale"].append(r)
         print(f"train at {scale:g} x full H&M ({r['purchases']} purchases, {r['users']} users, {r['items']} items): "
               f"{r['seconds']} s, peak {r['peak_mb']} MB  {r['steps']}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "recommend.json").write_text(json.dumps(result, indent=2))
-    print(f"cpu: {result['cpu']}")
+
+
+JOBS = {"train": run_train_and_api, "import": run_import, "rules": run_rules, "miners": run_miners,
+        "scale": run_scale}
 
 
 if __name__ == "__main__":
