@@ -155,3 +155,34 @@ def test_ap_hr_and_recall_at_k_by_hand():
     assert ap == pytest.approx((1 / 2 + 2 / 4) / 3) and hit == 1.0 and recall == pytest.approx(2 / 3)
     assert ap_at_k(["x"], {"a"}, 12) == (0.0, 0.0, 0.0)
     assert ap_at_k(["a", "b"], {"a", "b"}, 1) == (1.0, 1.0, 0.5)
+
+
+def test_content_picks_reach_a_product_nobody_bought_by_its_looks(tmp_path):
+    import numpy as np
+
+    from store.base import Record
+    from toolkit.recommend.content import from_store
+    from toolkit.recommend.picks import Weights
+
+    class Store:  # the store's records: two media of a1, one of n1 (looks like a1), one of c1
+        model_id = "test-model"
+
+        def get(self, include_embeddings=False):
+            def rec(i, product, v):
+                return Record(id=i, embedding=np.asarray(v, dtype=np.float32), metadata={"product_id": product})
+            return [rec("m1", "a1", [1, 0, 0]), rec("m2", "a1", [1, 0.2, 0]), rec("m3", "n1", [1, 0.1, 0]),
+                    rec("m4", "c1", [0, 0, 1]), rec("m5", None, [0, 1, 0])]
+
+    vectors = from_store(Store())
+    assert vectors.ids == ["a1", "c1", "n1"] and vectors.model_id == "test-model"
+    assert np.allclose(np.linalg.norm(vectors.matrix, axis=1), 1)
+    for name, text in (("items.csv", ITEMS), ("events.csv", "customer_id,article_id,t_dat\nu1,a1,2024-03-01\n"
+                                                                "u2,c1,2024-03-02\n")):
+        (tmp_path / name).write_text(text)
+    weights = Weights(repurchase=0, repurchase_days=0, item=0, als=0, trending=0, variant=0, content=1)
+    rec = Recommender(tmp_path / "data", vectors=lambda: vectors, weights=weights)
+    rec.import_items(tmp_path / "items.csv")
+    rec.import_events(tmp_path / "events.csv")
+    result = rec.for_user("u1", k=2)
+    assert ids(result)[0] == "n1" and result.picks[0].reason == "looks like Strap top black"
+    assert rec.models().content_model == "test-model"

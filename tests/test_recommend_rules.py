@@ -53,6 +53,8 @@ def test_fpgrowth_and_apriori_give_the_same_rules():
 def test_no_baskets_or_no_pairs_give_no_rules():
     assert mine_rules([], 0.1, 0.1) == []
     assert mine_rules([["A"], ["B"]], 0.1, 0.1) == []
+    assert mine_rules([["A"], ["B"]], 0.9, 0.1) == []  # no item frequent enough: nothing to encode
+    assert complements([["A"], ["B"]]) == {}
 
 
 def test_complements_need_two_baskets_and_rank_by_confidence():

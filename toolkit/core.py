@@ -324,5 +324,10 @@ class Toolkit:
             def lookalikes(product_id: str, n: int) -> list[str]:
                 return [h.product_id for h in self.more_like_this(product_id, k=n) if h.product_id]
 
-            self._recommender = Recommender.for_settings(self.settings, neighbours=lookalikes)
+            def vectors():
+                from toolkit.recommend.content import from_store
+
+                return from_store(self.store) if self.store.count() else None
+
+            self._recommender = Recommender.for_settings(self.settings, neighbours=lookalikes, vectors=vectors)
         return self._recommender

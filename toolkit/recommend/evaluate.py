@@ -10,7 +10,7 @@ Bought-together: basket completion (hide each test basket's last item, rank from
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Callable, Mapping
 
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit.recommend.baskets import baskets
+from toolkit.recommend.content import ItemVectors
 from toolkit.recommend.models import Models, Options, build
 from toolkit.recommend.picks import Weights, for_history
 
@@ -99,23 +100,27 @@ def repurchase_then(popular: list[str], history: pd.DataFrame, n: int) -> list[s
     return list(dict.fromkeys(own + popular))[:n]
 
 
-#: The blend and its ablation: each variant turns parts of the default weights off.
-VARIANTS: dict[str, Weights] = {
-    "blend (all signals)": Weights(),
-    "  without repurchase": Weights().without("repurchase"),
-    "  without item-item CF": Weights().without("item"),
-    "  without ALS": Weights().without("als"),
-    "  without trending": Weights().without("trending"),
-    "  without other colours": Weights().without("variant"),
-    "ALS only": Weights(repurchase=0, item=0, als=1, trending=0, variant=0),
-    "item-item CF only": Weights(repurchase=0, item=1, als=0, trending=0, variant=0),
-}
+def variants(weights: Weights, content: bool) -> dict[str, Weights]:
+    """The blend and its ablation: each variant turns parts of the blend's weights off."""
+    only = Weights(repurchase=0, item=0, als=0, trending=0, variant=0, content=0, repurchase_days=0)
+    out = {"blend (all signals)": weights,
+           "  without repurchase": weights.without("repurchase"),
+           "  without item-item CF": weights.without("item"),
+           "  without ALS": weights.without("als"),
+           "  without trending": weights.without("trending"),
+           "  without other colours": weights.without("variant"),
+           "ALS only": replace(only, als=1),
+           "item-item CF only": replace(only, item=1)}
+    if content:
+        out["  without content"] = weights.without("content")
+        out["content only"] = replace(only, content=1)
+    return out
 
 
 def evaluate(events: pd.DataFrame, users: Mapping[str, Mapping[str, str]],
              item_attributes: Mapping[str, Mapping[str, str]], weeks: int = 8, k: int = 12,
              options: Options | None = None, end: datetime | None = None, progress: Progress | None = None,
-             seed: int = 0) -> EvalReport:
+             seed: int = 0, vectors: ItemVectors | None = None, weights: Weights | None = None) -> EvalReport:
     started = time.perf_counter()
     events = events.sort_values("ts", kind="stable")
     purchases = events[events["event_type"] == "purchase"]
@@ -123,6 +128,7 @@ def evaluate(events: pd.DataFrame, users: Mapping[str, Mapping[str, str]],
         return EvalReport(k, [], [], len(item_attributes), 0.0, ["no purchases to evaluate on"])
     end = end or (purchases["ts"].max().to_pydatetime().replace(hour=0, minute=0, second=0, microsecond=0)
                   + timedelta(days=1))
+    blends = variants(weights or Weights(), vectors is not None)
     per: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     recommended: dict[tuple[str, str], set[str]] = {}
     never_hits: dict[tuple[str, str], list[int]] = {}
@@ -136,7 +142,7 @@ def evaluate(events: pd.DataFrame, users: Mapping[str, Mapping[str, str]],
         train = purchases[purchases["ts"] < pd.Timestamp(cutoff)]
         if progress:
             progress(f"week from {cutoff:%Y-%m-%d}: training on {len(train_all)} events")
-        models = build(train_all, cutoff, "eval", users, item_attributes, options)
+        models = build(train_all, cutoff, "eval", users, item_attributes, options, vectors=vectors)
         seen_items = set(train["item_id"])
         history = {u: h for u, h in train_all.groupby("user_id")}
         actual = test.groupby("user_id")["item_id"].agg(set)
@@ -148,7 +154,7 @@ def evaluate(events: pd.DataFrame, users: Mapping[str, Mapping[str, str]],
             group = "known users" if h is not None and (h["event_type"] == "purchase").any() else "new users"
             info.users += group == "known users"
             info.new_users += group == "new users"
-            for method, ranked in _methods(models, group, h, user, users, pop7, pop30, cutoff, k).items():
+            for method, ranked in _methods(models, group, h, user, users, pop7, pop30, cutoff, k, blends).items():
                 score = ap_at_k(ranked, items, k)
                 per.setdefault((group, method), []).append(score)
                 recommended.setdefault((group, method), set()).update(ranked)
@@ -164,7 +170,7 @@ def evaluate(events: pd.DataFrame, users: Mapping[str, Mapping[str, str]],
 
 def _methods(models: Models, group: str, history: pd.DataFrame | None, user: str,
              users: Mapping[str, Mapping[str, str]], pop7: list[str], pop30: list[str], now: datetime,
-             k: int) -> dict[str, list[str]]:
+             k: int, blends: Mapping[str, Weights]) -> dict[str, list[str]]:
     from toolkit.recommend.picks import trending
     from toolkit.recommend.segments import segment
 
@@ -179,7 +185,7 @@ def _methods(models: Models, group: str, history: pd.DataFrame | None, user: str
         return ranked
     bought = history[history["event_type"] == "purchase"]
     ranked["repurchase, then popularity"] = repurchase_then(pop7, bought, k)
-    for name, weights in VARIANTS.items():
+    for name, weights in blends.items():
         ranked[name] = [c.item_id for c in for_history(models, history, now, k, user_id=user, weights=weights,
                                                        segment=seg)]
     return ranked

@@ -18,11 +18,12 @@ import pandas as pd
 
 from toolkit.recommend.baskets import baskets
 from toolkit.recommend.cf import CF, Interactions, interactions
+from toolkit.recommend.content import ItemVectors
 from toolkit.recommend.rules import Complement, complements
 from toolkit.recommend.segments import segment
 from toolkit.recommend.trending import decayed_counts
 
-FORMAT = 1
+FORMAT = 2
 #: Item attribute that names the garment shared by its colours (H&M's first 7 digits of article_id).
 VARIANT_ATTRIBUTE = "product_code"
 
@@ -59,6 +60,9 @@ class Models:
     format: int = FORMAT
     #: Tables derived at serving time (trending lists and vectors per group), kept for the next call.
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    #: The store's vector of each item (rows as data.items; zeros where none), and the model that made them.
+    content: np.ndarray | None = None
+    content_model: str | None = None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +82,7 @@ class Models:
 
 def build(events: pd.DataFrame, now: datetime, stamp: str, users: Mapping[str, Mapping[str, str]],
           item_attributes: Mapping[str, Mapping[str, str]], options: Options | None = None,
-          on_step: StepCallback | None = None) -> Models:
+          on_step: StepCallback | None = None, vectors: ItemVectors | None = None) -> Models:
     """Models from `events` (EventStore.frame() of every type) before `now`."""
     options = options or Options()
     seconds: dict[str, float] = {}
@@ -112,7 +116,9 @@ def build(events: pd.DataFrame, now: datetime, stamp: str, users: Mapping[str, M
     members: dict[str, list[str]] = {}
     for item, key in variants.items():
         members.setdefault(key, []).append(item)
-    return Models(now, stamp, data, cf, together, trend, by_segment, segments, variants, members, options, seconds)
+    content = vectors.aligned(data.item_index, len(data.items)) if vectors is not None else None
+    return Models(now, stamp, data, cf, together, trend, by_segment, segments, variants, members, options, seconds,
+                  content=content, content_model=vectors.model_id if vectors is not None else None)
 
 
 def normalised(vector: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit.recommend.cf import EVENT_WEIGHTS
+from toolkit.recommend.content import closest, profile_scores
 from toolkit.recommend.models import Models, normalised
 
 #: Days after which a purchase counts half as much for "buy it again" and "other colours".
@@ -37,6 +38,7 @@ class Weights:
     bpr: float = 0.0
     trending: float = 1.0
     variant: float = 0.5
+    content: float = 0.0
     #: Purchases of the last this many days come first, latest first, whatever the other signals say
     #: (older ones compete through the `repurchase` weight). 0: none do.
     repurchase_days: float = 14.0
@@ -50,7 +52,7 @@ class Weights:
 class Candidate:
     item_id: str
     score: float
-    source: str  # repurchase, item, als, bpr, trending, variant, together
+    source: str  # repurchase, item, als, bpr, trending, variant, content, together
     because: str | None = None  # the item that explains it, or the segment it trends in
 
 
@@ -87,6 +89,12 @@ def for_history(models: Models, history: pd.DataFrame, now: datetime, n: int, *,
             scores = np.maximum(models.cf[kind].scores(row, user), 0)
             scores[cols] = 0.0  # what they touched already is "buy it again"'s to bring back
             signals[kind] = normalised(scores)
+    if weights.content and models.content is not None and len(cols):
+        age = (pd.Timestamp(now) - known["ts"]).dt.total_seconds().to_numpy() / 86400.0
+        recency = np.power(0.5, np.maximum(age, 0) / REPURCHASE_HALF_LIFE) * np.asarray(weights_)
+        scores = np.maximum(profile_scores(models.content, cols, recency), 0)
+        scores[cols] = 0.0
+        signals["content"] = normalised(scores)
     trend_group = segment if segment and _trending_rows(models, segment) else "all"
     if weights.trending:
         signals["trending"] = normalised(_trending_vector(models, trend_group, size))
@@ -111,6 +119,9 @@ def for_history(models: Models, history: pd.DataFrame, now: datetime, n: int, *,
         if len(mine):
             because.update(zip(mine.tolist(), (str(data.items[j]) if j >= 0 else None
                                                for j in models.cf[kind].because(row, mine))))
+    looks = np.asarray([i for i, s in zip(best, sources) if s == "content"], dtype=np.int64)
+    if len(looks):
+        because.update(zip(looks.tolist(), (str(data.items[j]) for j in closest(models.content, cols, looks))))
     out = []
     for i, source in zip(best.tolist(), sources):
         reason = because[i] if i in because else _because(models, source, i, bought, trend_group)

@@ -27,10 +27,10 @@ def frequent_itemsets(baskets: Sequence[Sequence[str]], min_support: float, max_
     counts = Counter(item for b in baskets for item in set(b))
     least = min_support * len(baskets)
     frequent = {item for item, n in counts.items() if n >= least}
+    if not frequent:
+        return pd.DataFrame({"support": [], "itemsets": []})
     encoder = TransactionEncoder()
     onehot = encoder.fit_transform([[i for i in b if i in frequent] for b in baskets], sparse=True)
-    if onehot.shape[1] == 0:
-        return pd.DataFrame({"support": [], "itemsets": []})
     frame = pd.DataFrame.sparse.from_spmatrix(onehot, columns=[str(c) for c in encoder.columns_])
     mine = fpgrowth if algorithm == "fpgrowth" else apriori
     return mine(frame, min_support=min_support, use_colnames=True, max_len=max_len)

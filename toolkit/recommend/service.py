@@ -30,11 +30,14 @@ from toolkit.recommend.segments import segment
 from toolkit.recommend.sources import ReadS3, read_source
 
 if TYPE_CHECKING:
+    from toolkit.recommend.content import ItemVectors
     from toolkit.recommend.evaluate import EvalReport
     from toolkit.settings import Settings
 
 #: Finds products that look like a product (the vector store's nearest neighbours), for products no basket holds.
 Neighbours = Callable[[str, int], list[str]]
+#: The store's vector of each product (content picks), or None when the store has none.
+VectorSource = Callable[[], "ItemVectors | None"]
 ALL_TYPES = ("purchase", "cart", "view")
 #: A session (no account, a few views): what was bought with what they look at leads; nothing was bought.
 SESSION_WEIGHTS = Weights(repurchase=0, repurchase_days=0, item=1.0, als=0.3, trending=0.3, variant=0.5)
@@ -52,8 +55,10 @@ class TrainReport:
 
 class Recommender:
     def __init__(self, data_dir: Path, *, store: EventStore | None = None, neighbours: Neighbours | None = None,
-                 read_s3: ReadS3 | None = None, options: Options | None = None, weights: Weights | None = None) -> None:
+                 read_s3: ReadS3 | None = None, options: Options | None = None, weights: Weights | None = None,
+                 vectors: VectorSource | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self._vectors = vectors
         self._store = store
         self._neighbours = neighbours
         self._read_s3 = read_s3
@@ -65,7 +70,8 @@ class Recommender:
         self._item_cache: tuple[int, dict[str, Item]] | None = None
 
     @classmethod
-    def for_settings(cls, settings: "Settings", neighbours: Neighbours | None = None) -> "Recommender":
+    def for_settings(cls, settings: "Settings", neighbours: Neighbours | None = None,
+                     vectors: VectorSource | None = None) -> "Recommender":
         def read_s3(uri: str) -> bytes:
             import boto3
 
@@ -73,7 +79,7 @@ class Recommender:
             client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
-        return cls(settings.data_dir, neighbours=neighbours, read_s3=read_s3)
+        return cls(settings.data_dir, neighbours=neighbours, read_s3=read_s3, vectors=vectors)
 
     @property
     def events(self) -> EventStore:
@@ -138,7 +144,17 @@ class Recommender:
         latest = store.latest()
         now = (latest + timedelta(seconds=1)) if latest else datetime.now()
         items = {i: it.attributes for i, it in store.items().items()}
-        return build(store.frame(types=ALL_TYPES), now, store.stamp(), store.users(), items, self.options, on_step)
+        return build(store.frame(types=ALL_TYPES), now, store.stamp(), store.users(), items, self.options, on_step,
+                     vectors=self.item_vectors())
+
+    def item_vectors(self) -> "ItemVectors | None":
+        """The store's product vectors for content picks; None without a store or products in it."""
+        if self._vectors is None:
+            return None
+        try:
+            return self._vectors()
+        except ToolkitError:
+            return None
 
     # -- recommending ------------------------------------------------------------------------------
 
@@ -231,7 +247,7 @@ class Recommender:
 
         items = {i: it.attributes for i, it in self.events.items().items()}
         return evaluate(self.events.frame(types=ALL_TYPES), self.events.users(), items, weeks, k, self.options,
-                        progress=progress)
+                        progress=progress, vectors=self.item_vectors(), weights=self.weights)
 
     # -- results -----------------------------------------------------------------------------------
 
@@ -284,6 +300,8 @@ class Recommender:
             return f"because you {verb} {self._title(items, c.because)}"
         if c.source == "variant":
             return f"another colour of {self._title(items, c.because)}, which you bought"
+        if c.source == "content":
+            return f"looks like {self._title(items, c.because)}"
         return f"trending in {c.because}" if c.because else "trending now"
 
 
