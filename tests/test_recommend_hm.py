@@ -109,9 +109,11 @@ def test_cli_imports_idempotently_and_prints_rules_picks_and_the_evaluation(tk, 
     assert [p["product_id"] for p in json.loads(picks.stdout)["picks"]] == expected
     unknown = toolkit_cli(data, "recommend", "together", "0000000000")
     assert unknown.returncode == 1 and "error: product '0000000000' is in neither" in unknown.stderr
-    evaluation = toolkit_cli(data, "recommend", "eval", "--weeks", "2", "--json")
+    evaluation = toolkit_cli(data, "recommend", "eval", "--weeks", "2", "--json", "--out", str(data / "rec-eval"))
     assert evaluation.returncode == 0, evaluation.stderr
     result = json.loads(evaluation.stdout)
+    assert json.loads((data / "rec-eval" / "eval.json").read_text()) == result
+    assert "repurchase, then popularity (baseline)" in (data / "rec-eval" / "eval.html").read_text()
     assert len(result["weeks"]) == 2
     methods = {(s["group"], s["method"]) for s in result["scores"]}
     assert {("known users", "repurchase, then popularity"), ("known users", "popularity, last 7 days"),

@@ -202,13 +202,18 @@ def train(as_json: bool = _JSON) -> None:
 @recommend_app.command("eval")
 def eval_(weeks: int = typer.Option(8, "--weeks", help="Rolling test weeks, the latest last."),
           k: int = typer.Option(12, "-k", help="Cut-off of MAP, HR and recall."),
-          output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the report as JSON here."),
+          out_dir: Path = typer.Option(Path("recommend-eval"), "--out", help="Folder for eval.json and eval.html."),
           as_json: bool = _JSON) -> None:
     """Train before each weekly cutoff and score the week after: MAP@k, HR@k, recall@k with 95% intervals,
-    against popularity and repurchase baselines, with an ablation of the blend; basket completion HR@10."""
+    against popularity and repurchase baselines, with an ablation of the blend; basket completion HR@10.
+    Writes OUT/eval.json and OUT/eval.html."""
+    from toolkit.recommend.report import write_html
+
     report = _recommender().evaluate(weeks=weeks, k=k, progress=lambda m: err.print(m, highlight=False))
-    if output:
-        output.write_text(json.dumps(to_jsonable(report), indent=2))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(to_jsonable(report), indent=2))
+    write_html(report, out_dir / "eval.html")
+    err.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.html'}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(report)
         return
