@@ -279,12 +279,21 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
         return Response(picture.data, media_type=picture.mime,
                         headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
 
+    app.include_router(_recommend_routes(tk))
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _recommend_routes(tk: Toolkit):
+    """/api/recommend/... and /api/events (toolkit/recommend/api.py), over one events database per service."""
+    from toolkit.recommend.api import router
+
+    return router(lambda: tk.recommend, errors)
 
 
 def _image_search(tk: Toolkit, data: bytes, text: str | None, options: SearchOptions, where) -> list[Hit]:

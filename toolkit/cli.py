@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from toolkit.commands import catalog, collections, config, eval as eval_cmd, reindex, search, stats, tag
+from toolkit.commands import catalog, collections, config, eval as eval_cmd, recommend, reindex, search, stats, tag
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(help="Turn product photos and videos into a searchable, tagged catalog.",
@@ -19,6 +19,7 @@ app.command("eval")(eval_cmd.eval_)
 app.add_typer(catalog.app, name="catalog")
 app.command("reindex")(reindex.reindex)
 app.add_typer(collections.app, name="collections")
+recommend.register(app)  # toolkit events | users | recommend
 
 
 def _register_optional() -> None:

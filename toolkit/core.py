@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from toolkit.evaluation import EvalReport
     from toolkit.pipeline import ItemCallback, MediaCallback
     from toolkit.planning import DryRunReport
+    from toolkit.recommend.service import Recommender
     from toolkit.reindex import ReindexCallback, ReindexReport
 
 
@@ -324,3 +325,21 @@ class Toolkit:
             return None
         drop(self.settings, name)
         return info
+
+    @property
+    def recommend(self) -> "Recommender":
+        """Recommendations from shoppers' events (toolkit/recommend/): `.together(product_id)`,
+        `.for_user(user_id)`, `.trending()`, and the events they come from."""
+        if getattr(self, "_recommender", None) is None:
+            from toolkit.recommend.service import Recommender
+
+            def lookalikes(product_id: str, n: int) -> list[str]:
+                return [h.product_id for h in self.more_like_this(product_id, k=n) if h.product_id]
+
+            def vectors():
+                from toolkit.recommend.content import from_store
+
+                return from_store(self.store) if self.store.count() else None
+
+            self._recommender = Recommender.for_settings(self.settings, neighbours=lookalikes, vectors=vectors)
+        return self._recommender

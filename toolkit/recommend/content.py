@@ -1,0 +1,61 @@
+"""Content picks: a shopper's profile is the mean of the store's vectors of what they bought and viewed,
+weighted by recency, and every product is scored by its similarity to it. This reaches products
+nobody has bought yet, which CF cannot."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from store.chroma import ChromaStore
+
+
+@dataclass
+class ItemVectors:
+    """One L2-normalised vector per product, from the model `model_id`."""
+
+    ids: list[str]
+    matrix: np.ndarray
+    model_id: str
+
+    def aligned(self, index: dict[str, int], size: int) -> np.ndarray:
+        """Rows in the order of `index` (an item -> row map); zeros for products without a vector."""
+        out = np.zeros((size, self.matrix.shape[1]), dtype=np.float32)
+        for row, item in enumerate(self.ids):
+            if item in index:
+                out[index[item]] = self.matrix[row]
+        return out
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.where(norms > 0, norms, 1)).astype(np.float32)
+
+
+def from_store(store: "ChromaStore") -> ItemVectors | None:
+    """The mean image vector of each product's media in the store (None when no media names a product)."""
+    sums: dict[str, np.ndarray] = {}
+    for record in store.get(include_embeddings=True):
+        product = record.metadata.get("product_id")
+        if product and record.embedding.size:
+            sums[str(product)] = sums.get(str(product), 0) + record.embedding
+    if not sums:
+        return None
+    ids = sorted(sums)
+    return ItemVectors(ids, normalise_rows(np.stack([sums[i] for i in ids])), store.model_id)
+
+
+def profile_scores(content: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Similarity of every row of `content` to the weighted mean of the rows `cols`."""
+    profile = weights.astype(np.float32) @ content[cols]
+    norm = float(np.linalg.norm(profile))
+    if norm == 0:
+        return np.zeros(content.shape[0], dtype=np.float32)
+    return content @ (profile / norm)
+
+
+def closest(content: np.ndarray, cols: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """For each of `items`, the row of `cols` most like it."""
+    return cols[np.argmax(content[cols] @ content[items].T, axis=0)]

@@ -1,0 +1,94 @@
+"""Records that cross module lines in the recommendation wing."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+EVENT_TYPES = ("view", "cart", "purchase")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing a shopper did with one product."""
+
+    user_id: str
+    item_id: str
+    ts: datetime
+    event_type: str = "purchase"
+    basket_id: str | None = None
+    quantity: float = 1.0
+    price: float | None = None
+
+
+@dataclass
+class RowProblem:
+    """A row left out of an import, by its line in the file (the header is line 1)."""
+
+    line: int
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    """What one import did. Every row of the file ends in exactly one of: added, merged, already_stored, bad."""
+
+    source: str
+    rows: int = 0
+    added: int = 0
+    #: Rows identical to an earlier row of the same file: kept as quantity on that event.
+    merged: list[RowProblem] = field(default_factory=list)
+    #: Events the store held already (the same file imported again, or overlapping files).
+    already_stored: int = 0
+    bad: list[RowProblem] = field(default_factory=list)
+    #: Events kept whose product is not in the item table (`toolkit events items`), with a few examples.
+    unknown_items: int = 0
+    unknown_examples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An association rule, as mlxtend's association_rules table gives it."""
+
+    antecedents: tuple[str, ...]
+    consequents: tuple[str, ...]
+    support: float
+    confidence: float
+    lift: float
+
+
+@dataclass
+class Item:
+    """What the recommendation wing knows of a product: the catalog fields a result shows."""
+
+    product_id: str
+    title: str | None = None
+    price: float | None = None
+    currency: str | None = None
+    url: str | None = None
+    image: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Pick:
+    """One recommendation: looks like a search hit, plus why it was picked."""
+
+    product_id: str
+    score: float
+    reason: str
+    source: str
+    title: str | None = None
+    price: float | None = None
+    currency: str | None = None
+    url: str | None = None
+    image: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Picks:
+    """The answer to one recommendation call. `note` says why it is empty or how it was made."""
+
+    picks: list[Pick]
+    note: str | None = None
