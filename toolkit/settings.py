@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     chroma_path: Path | None = Field(None, description="Embedded Chroma folder (default: DATA_DIR/chroma).")
     chroma_host: str | None = Field(None, description="Chroma server host; with CHROMA_PORT, use a server instead of the embedded store.")
     chroma_port: int | None = Field(None, description="Chroma server port.")
+    store_wait: float = Field(0.0, ge=0, description="Seconds a command waits while another process has the embedded store open (0: as long as it takes); a running `toolkit serve` shares the store instead.")
     collection: str = Field("catalog", description="Name of the media collection; after `toolkit reindex` it points at the collection in use (`toolkit collections list`).")
 
     # Embedding model
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
 
     # Media
     max_image_pixels: int = Field(50_000_000, description="Larger images are skipped (decompression-bomb guard).")
+    decode_pixels: int = Field(64_000_000, ge=1_000_000, description="Most image pixels decoded at once in one process (about 7 bytes each while decoding): bounds memory when large images arrive together; the others wait their turn.")
     video_interval: float = Field(2.0, gt=0, description="Seconds between sampled frames when no scene change is found.")
     video_scene_threshold: float = Field(0.35, ge=0, le=1, description="Frame difference (0-1) that counts as a scene change.")
     video_max_frames: int = Field(64, ge=1, description="Most frames kept per video.")
