@@ -20,7 +20,6 @@ from toolkit.errors import ModelMismatchError, StoreError
 
 if TYPE_CHECKING:
     from store.filtered import FilterIndex
-    from store.owner import Ownership
     from toolkit.settings import Settings
 
 #: Chroma 1.5 refuses add/upsert batches above 5,461 records.
@@ -37,7 +36,6 @@ SCHEMA_VERSION = 1
 HNSW = {"space": "cosine", "ef_search": 600, "ef_construction": 100, "max_neighbors": 32}
 
 _clients: dict[tuple, Any] = {}
-_owned: dict[str, "Ownership"] = {}
 _open_lock = threading.RLock()
 #: From this size on, filtered queries go through store.filtered's exact in-memory index:
 #: Chroma's own `where` took 29 ms at 50k records and 456 ms at 1M for a 5% filter.
@@ -89,31 +87,33 @@ def _http_client(host: str, port: int, fix: str):
 
 
 def _open_embedded(path: Path, wait: float):
+    """The embedded folder behind a lease: opened on this process's turn (store/owner.py)."""
     import chromadb
 
-    from store.owner import wait_for_store
+    from store.owner import Lease, LeasedClient
 
-    got = wait_for_store(path, wait)
-    if isinstance(got, tuple):
-        return _http_client(*got, fix="the process hosting the store has just stopped; run the command again")
-    _owned[str(path)] = got
-    path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
+    def embedded(folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(folder), settings=_chroma_settings())
+
+    def http(host: str, port: int):
+        return _http_client(host, port, fix="the process hosting the store has just stopped; run the command again")
+
+    return LeasedClient(Lease(path, wait, embedded, http))
 
 
 def release(settings: "Settings") -> None:
-    """Close this process's client on an embedded store and let other processes have it.
-    Stores opened on it before stop working: open them again (a new Toolkit) after."""
+    """Give the embedded store back to other processes now, instead of after a moment idle.
+    Stores opened on it go on working: they take it again on their next call."""
     path = embedded_path(settings)
     if path is None:
         return
     with _open_lock:
-        client = _clients.pop(("path", str(path)), None)
+        client = _clients.get(("path", str(path)))
         if client is not None and hasattr(client, "close"):
             client.close()
-        own = _owned.pop(str(path), None)
-        if own is not None:
-            own.release()
+            if not hasattr(client, "_lease"):
+                _clients.pop(("path", str(path)), None)
 
 
 @contextmanager
@@ -130,6 +130,7 @@ def hosting(settings: "Settings") -> Iterator[None]:
         return
     release(settings)
     key = ("path", str(path))
+    _clients.pop(key, None)
     got = wait_for_store(path, settings.store_wait)
     if isinstance(got, tuple):
         _clients[key] = _http_client(*got, fix="the process hosting the store has just stopped; start again")

@@ -11,11 +11,15 @@ since the index flush happens later, inside whichever call crosses the threshold
 
 So the rule is Chroma's own: one process has the folder open at a time.
 
-- The first process to open an embedded store takes an exclusive `flock` on `<folder>.lock`
-  and keeps it until it ends (or `release`); the kernel drops it when the process dies, even
-  on kill -9, so a crashed run never leaves the store locked.
-- A process that finds the store taken waits, saying once which process it waits for (pid,
-  command, since when), and goes on when that one ends; TOOLKIT_STORE_WAIT bounds the wait.
+- A process that uses an embedded store takes an exclusive `flock` on `<folder>.lock` for
+  its turn: from its first store call until it has made none for IDLE seconds (a tag run
+  keeps it to the end; a notebook gives it back between cells). The client is closed at the
+  end of the turn and opened afresh at the next, so each turn starts from what is on disk,
+  other processes' writes included. The kernel drops the lock when the process dies, even on
+  kill -9, so a crashed run never leaves the store locked.
+- A process that finds the store taken waits, saying which process it waits for (pid,
+  command, since when) once the wait is more than a moment, and goes on when that one gives
+  it back; TOOLKIT_STORE_WAIT bounds the wait.
 - A long-lived process (`toolkit serve`) hosts the store instead: holding the lock, it starts
   `chroma run` on the folder, on 127.0.0.1 and a free port, and publishes the address in
   `<folder>.server.json`. Every other process then talks to that one server through
@@ -30,7 +34,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +50,9 @@ except ImportError:  # Windows: no flock; the embedded store stays single-proces
 
 #: Seconds between two looks at a taken store.
 POLL = 0.25
+#: A wait this long is worth a line on stderr; a shorter one is another process's last
+#: seconds before it gives the store back (IDLE).
+SAY_AFTER = 3.0
 
 
 def lock_path(folder: Path) -> Path:
@@ -131,7 +140,8 @@ def wait_for_store(folder: Path, wait: float, say=None) -> Ownership | tuple[str
     """Own the folder, or the address of the server that hosts it; wait while another process
     has it open embedded (at most `wait` seconds; 0: as long as it takes)."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-    deadline = time.monotonic() + wait if wait > 0 else None
+    started = time.monotonic()
+    deadline = started + wait if wait > 0 else None
     told = None
     while True:
         own = try_own(folder)
@@ -146,7 +156,7 @@ def wait_for_store(folder: Path, wait: float, say=None) -> Ownership | tuple[str
             raise StoreError(
                 f"the store at {folder} is in use by {who.describe()}; wait for it to end (or raise "
                 f"TOOLKIT_STORE_WAIT, now {wait:g} s), or keep `toolkit serve` running so that processes share it")
-        if who.pid != told:
+        if who.pid != told and time.monotonic() - started >= SAY_AFTER:
             told = who.pid
             say(f"waiting for the store at {folder}: {who.describe()} has it open; "
                 f"this goes on when it ends (keep `toolkit serve` running to share the store)")
@@ -234,3 +244,139 @@ class Host:
             except subprocess.TimeoutExpired:  # it has ignored a first SIGTERM before
                 self.proc.kill()
                 self.proc.wait()
+
+
+# ---- a process's turn on the folder ----------------------------------------------------------------
+
+#: Seconds without a store call after which a process gives the folder back, so that a
+#: notebook or a finished step of a longer process does not keep other commands waiting.
+IDLE = 2.0
+
+
+class Lease:
+    """This process's turn on an embedded folder: taken (waiting if need be) by the first call,
+    given back IDLE seconds after the last one ended. A turn may also be a server's address,
+    when a `toolkit serve` hosts the folder. Each new turn has a new `generation`: collections
+    opened in an earlier one are opened again (see LeasedClient)."""
+
+    def __init__(self, folder: Path, wait: float, open_embedded, open_http) -> None:
+        self.folder, self.wait = folder, wait
+        self._open_embedded, self._open_http = open_embedded, open_http
+        self._lock = threading.RLock()
+        self.client = None
+        self.generation = 0
+        self._own: Ownership | None = None
+        self._busy = 0
+        self._last = 0.0
+        self._timer: threading.Thread | None = None
+
+    @contextmanager
+    def use(self):
+        with self._lock:
+            if self.client is None:
+                self._take()
+            self._busy += 1
+        try:
+            yield self.client
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._last = time.monotonic()
+                self._watch()
+
+    def _take(self) -> None:
+        got = wait_for_store(self.folder, self.wait)
+        if isinstance(got, tuple):
+            self.client = self._open_http(*got)
+        else:
+            self._own = got
+            try:
+                self.client = self._open_embedded(self.folder)
+            except BaseException:
+                self._give_back()
+                raise
+        self.generation += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        client, self.client = self.client, None
+        if client is not None and hasattr(client, "close"):
+            try:
+                client.close()  # Chroma stops its system: the folder's files are left as they are on disk
+            except Exception:
+                pass
+        if self._own is not None:
+            self._own.release()
+            self._own = None
+
+    def _watch(self) -> None:
+        if self._timer is None or not self._timer.is_alive():
+            self._timer = threading.Thread(target=self._idle_loop, name="toolkit-store-lease", daemon=True)
+            self._timer.start()
+
+    def _idle_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self.client is None:
+                    return
+                due = self._last + IDLE - time.monotonic()
+                if self._busy == 0 and due <= 0:
+                    self._give_back()
+                    return
+            time.sleep(max(due, 0.05) if self._busy == 0 else IDLE)
+
+
+class LeasedClient:
+    """A Chroma client whose every call runs inside the process's turn on the folder, and whose
+    collections follow the turn (LeasedCollection)."""
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+
+    def __getattr__(self, name: str):
+        def call(*args, **kwargs):
+            with self._lease.use() as client:
+                result = getattr(client, name)(*args, **kwargs)
+            return _wrap(self._lease, result)
+
+        return call
+
+    def close(self) -> None:
+        self._lease.release()
+
+
+def _wrap(lease: Lease, result):
+    if isinstance(result, list):
+        return [_wrap(lease, r) for r in result]
+    if hasattr(result, "name") and hasattr(result, "query") and hasattr(result, "upsert"):
+        return LeasedCollection(lease, result)
+    return result
+
+
+class LeasedCollection:
+    """A collection handle that survives the process giving the folder back: in a later turn it
+    is looked up again by name before use."""
+
+    def __init__(self, lease: Lease, col) -> None:
+        self._lease, self._col, self._gen, self.name = lease, col, lease.generation, col.name
+
+    def _current(self, client):
+        if self._gen != self._lease.generation:
+            self._col = client.get_collection(name=self.name, embedding_function=None)
+            self._gen = self._lease.generation
+        return self._col
+
+    def __getattr__(self, name: str):
+        with self._lease.use() as client:
+            attr = getattr(self._current(client), name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._lease.use() as client:
+                return getattr(self._current(client), name)(*args, **kwargs)
+
+        return call
