@@ -104,4 +104,5 @@ def load_settings(**overrides: object) -> Settings:
     # the SDKs read os.environ, so put them there without overriding what is already set.
     load_dotenv(Path.cwd() / ".env", override=False)
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")  # ONNX Runtime reads it as it starts
     return Settings(**overrides)
