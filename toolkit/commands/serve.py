@@ -17,7 +17,9 @@ def serve(
     "Several processes, one store")."""
     from store.chroma import hosting
     from toolkit.api import create_app, run_server
+    from toolkit.memory import bound_malloc
 
+    bound_malloc()  # before any thread starts: see toolkit/memory.py
     tk = Toolkit()
     host = host or tk.settings.serve_host
     port = port if port is not None else tk.settings.serve_port
