@@ -96,8 +96,10 @@ out = []
 for folder in {[str(f) for f in folders]!r}:
     n = 0
     for p in sorted(Path(folder).iterdir()):
-        hits = tk.search(image=p, k=1)
-        n += bool(hits) and hits[0].media_uri in {{p.absolute().as_uri(), p.resolve().as_uri()}}
+        # The sample set holds byte-identical photos under two ids: a tie with the best counts.
+        hits = tk.search(image=p, k=5)
+        n += any(h.media_uri in {{p.absolute().as_uri(), p.resolve().as_uri()}} and h.score >= hits[0].score - 1e-4
+                 for h in hits)
     out.append(n)
 print(json.dumps({{"found": out, "records": tk.store.count()}}))
 """
@@ -241,9 +243,10 @@ def probe_serve_tag(per_run: int) -> dict:
         with httpx.Client(base_url=serve.base, timeout=60) as c:
             for attempt in range(600):
                 for p, ids in list(missing.items()):
-                    r = c.post("/api/search/image", files={"file": (p.name, p.read_bytes())}, data={"k": "1"})
+                    r = c.post("/api/search/image", files={"file": (p.name, p.read_bytes())}, data={"k": "5"})
                     statuses[r.status_code] += 1
-                    if r.status_code == 200 and r.json()["hits"] and r.json()["hits"][0]["media_id"] in ids:
+                    hits = r.json()["hits"] if r.status_code == 200 else []
+                    if any(h["media_id"] in ids and h["score"] >= hits[0]["score"] - 1e-4 for h in hits):
                         del missing[p]
                 if attempt == 0:  # one upload per photo, right after the run: found already or not
                     first_pass = (per_run - len(missing), round(time.perf_counter() - ended, 2))

@@ -214,6 +214,7 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
     It follows the collection pointer (toolkit/current.py): after a `toolkit reindex` or
     `toolkit collections use` elsewhere, searches move to the new collection within seconds."""
     tk = toolkit or Toolkit()
+    tk.batch_queries = tk.settings.batch_queries
     current = CurrentToolkit(tk)
     set_decode_budget(tk.settings.decode_pixels)
     upload_limit = int(tk.settings.max_upload_mb * MiB)

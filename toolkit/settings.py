@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="Address `toolkit serve` listens on.")
     serve_port: int = Field(8000, description="Port `toolkit serve` listens on.")
     max_upload_mb: float = Field(10.0, gt=0, description="Largest image upload the API accepts, in MiB.")
+    batch_queries: bool = Field(True, description="`toolkit serve`: embed the queries of requests that arrive together in one model call (more requests a second under load; none waits for it).")
     hybrid_weight: float = Field(0.3, ge=0, description="Weight of exact query words (in a product's title, tags or attributes) added to the vector score of a text search; 0 ranks by vectors alone.")
 
     @property
