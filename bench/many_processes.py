@@ -56,8 +56,8 @@ def cpu() -> dict:
             "flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni")}}
 
 
-def env_for(store: Path, code: Path = ROOT) -> dict:
-    return {**os.environ, "PYTHONPATH": str(code), "TOOLKIT_DATA_DIR": str(DATA), "TOOLKIT_CHROMA_PATH": str(store),
+def env_for(store: Path, code: Path = ROOT, extra: dict | None = None) -> dict:
+    return {**os.environ, **(extra or {}), "PYTHONPATH": str(code), "TOOLKIT_DATA_DIR": str(DATA), "TOOLKIT_CHROMA_PATH": str(store),
             "ANONYMIZED_TELEMETRY": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -143,10 +143,10 @@ def probe_writers(per_run: int, trials: int) -> dict:
 class Serve:
     """`toolkit serve` in a subprocess, with the RSS of it and its children (`chroma run`)."""
 
-    def __init__(self, store: Path, code: Path = ROOT) -> None:
+    def __init__(self, store: Path, code: Path = ROOT, extra: dict | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([TOOLKIT, "serve", "--port", str(self.port)], env=env_for(store, code),
+        self.proc = subprocess.Popen([TOOLKIT, "serve", "--port", str(self.port)], env=env_for(store, code, extra),
                                      stderr=subprocess.PIPE, text=True)
         import httpx
 
@@ -276,7 +276,7 @@ def _png(side: int) -> bytes:
     return buf.getvalue()
 
 
-def probe_load(requests: int, rounds: int, concurrency: int, code: Path = ROOT) -> dict:
+def probe_load(requests: int, rounds: int, concurrency: int, code: Path = ROOT, extra: dict | None = None) -> dict:
     """`code`: the toolkit checkout whose `toolkit serve` answers (--baseline: an earlier one)."""
     import httpx
 
@@ -288,7 +288,7 @@ def probe_load(requests: int, rounds: int, concurrency: int, code: Path = ROOT) 
     uploads = [p.read_bytes() for p in sorted((WORK / "photos" / "st-base").iterdir())[:20]]
     ids = [_media_id(p.absolute().as_uri()) for p in sorted((WORK / "photos" / "st-base").iterdir())[:50]]
     kinds = ["text"] * 4 + ["filtered"] * 2 + ["image"] * 2 + ["similar"] * 2
-    serve = Serve(store, code)
+    serve = Serve(store, code, extra)
     out_rounds = []
     try:
         for n in range(rounds):
@@ -343,7 +343,7 @@ def probe_load(requests: int, rounds: int, concurrency: int, code: Path = ROOT) 
         idle = serve.rss_mb()
     finally:
         serve.stop()
-    return {"code": str(code), "concurrency": concurrency, "rounds": out_rounds, "rss_mb_after_30s_idle": idle}
+    return {"code": str(code), "env": extra or {}, "concurrency": concurrency, "rounds": out_rounds, "rss_mb_after_30s_idle": idle}
 
 
 def probe_uploads(n: int = 8, side: int = 7000, code: Path = ROOT) -> dict:
@@ -387,27 +387,38 @@ def probe_uploads(n: int = 8, side: int = 7000, code: Path = ROOT) -> dict:
     return row
 
 
+def _records(store: Path) -> int:
+    code = "from toolkit import Toolkit; print(Toolkit().store.count())"
+    res = subprocess.run([sys.executable, "-c", code], env=env_for(store), capture_output=True, text=True)
+    return int(res.stdout.strip() or -1)
+
+
 def probe_kills(kills: int, n: int, seed: int = 21) -> dict:
+    """`kills` tag runs, each of a new part of n photos (n / kills each) into one store, each
+    killed with SIGKILL at a random moment of its writing; then one run over all the parts."""
     store = WORK / "kills"
     shutil.rmtree(store, ignore_errors=True)
-    folder = folder_of("kills", 3000, n)
+    root = WORK / "photos" / f"kills-{n}"
+    per = n // kills
+    parts = [folder_of(f"kills-{n}/part{i:02d}", 3000 + i * per, per) for i in range(kills)]
     rng = random.Random(seed)
-    moments = []
-    for _ in range(kills):
-        proc = tag(folder, store, stderr=subprocess.DEVNULL)
-        moment = rng.uniform(3.0, 15.0)
+    moments, stored = [], []
+    for part in parts:
+        proc = tag(part, store, stderr=subprocess.DEVNULL)
+        moment = rng.uniform(2.5, 7.0)  # the model loads in about 2 s, then the part is written
         try:
             proc.wait(moment)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
-        moments.append(round(moment, 1))
-    last = tag(folder, store)
+        moments.append((round(moment, 1), proc.returncode))
+    before = _records(store)
+    last = tag(root, store)
     out, err = last.communicate(timeout=3600)
     report = json.loads(out) if last.returncode == 0 else {"error": err[-500:]}
-    again = tag(folder, store)
+    again = tag(root, store)
     out2, _ = again.communicate(timeout=3600)
-    check = found_in_new_process(store, [folder])
+    check = found_in_new_process(store, parts)
     code = """
 from collections import Counter
 from toolkit import Toolkit
@@ -417,11 +428,14 @@ print(sum(1 for v in ids.values() if v > 1), len(ids))
 """
     res = subprocess.run([sys.executable, "-c", code], env=env_for(store), capture_output=True, text=True)
     dup, unique = (int(x) for x in res.stdout.split())
-    row = {"kills": kills, "photos": n, "kill_after_s": moments, "final_run": {k: report.get(k) for k in
-                                                                              ("new", "unchanged", "updated")},
+    found = sum(check["found"])
+    row = {"kills": kills, "photos": per * kills, "killed_at_s_and_exit": moments,
+           "killed_runs": sum(1 for _, rc in moments if rc == -signal.SIGKILL),
+           "records_after_the_kills": before,
+           "final_run": {k: report.get(k) for k in ("new", "unchanged", "updated")},
            "rerun": {k: json.loads(out2).get(k) for k in ("new", "unchanged", "updated")},
-           "found": check["found"][0], "records": check["records"], "unique_media": unique,
-           "lost": n - check["found"][0], "duplicated_media": dup}
+           "found": found, "records": check["records"], "unique_media": unique,
+           "lost": per * kills - found, "duplicated_media": dup}
     say(f"kills: {row}")
     return row
 
@@ -435,7 +449,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--kill-photos", type=int, default=400)
+    ap.add_argument("--kill-photos", type=int, default=2000)
+    ap.add_argument("--compare-requests", type=int, default=2000,
+                    help="load: requests of the one-round comparisons (earlier checkout, batching off, on); 0: none")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="an earlier toolkit checkout: load and uploads run against its serve first, same settings")
     args = ap.parse_args()
@@ -450,8 +466,15 @@ def main() -> None:
         elif probe == "serve-tag":
             results["serve_tag"] = probe_serve_tag(args.per_run)
         elif probe == "load":
+            # Before and after in one run: the earlier checkout, this one without query batching,
+            # then this one as it ships (--compare-requests each, one round), then the full rounds.
+            n = args.compare_requests
             if args.baseline:
-                results["load_baseline"] = probe_load(args.requests, args.rounds, args.concurrency, args.baseline)
+                results["load_baseline"] = probe_load(n, 1, args.concurrency, args.baseline)
+            if n:
+                results["load_unbatched"] = probe_load(n, 1, args.concurrency,
+                                                       extra={"TOOLKIT_BATCH_QUERIES": "false"})
+                results["load_batched"] = probe_load(n, 1, args.concurrency)
             results["load"] = probe_load(args.requests, args.rounds, args.concurrency)
         elif probe == "uploads":
             if args.baseline:
