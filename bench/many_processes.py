@@ -387,6 +387,24 @@ def probe_uploads(n: int = 8, side: int = 7000, code: Path = ROOT) -> dict:
     return row
 
 
+def _rows(store: Path) -> int:
+    """Chroma's stored rows, read from its SQLite file without opening the store (which would
+    wait for the running tag's turn)."""
+    import sqlite3
+
+    db = store / "chroma.sqlite3"
+    if not db.is_file():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
 def _records(store: Path) -> int:
     code = "from toolkit import Toolkit; print(Toolkit().store.count())"
     res = subprocess.run([sys.executable, "-c", code], env=env_for(store), capture_output=True, text=True)
@@ -402,16 +420,20 @@ def probe_kills(kills: int, n: int, seed: int = 21) -> dict:
     per = n // kills
     parts = [folder_of(f"kills-{n}/part{i:02d}", 3000 + i * per, per) for i in range(kills)]
     rng = random.Random(seed)
-    moments, stored = [], []
+    moments = []
     for part in parts:
+        start = _rows(store)
         proc = tag(part, store, stderr=subprocess.DEVNULL)
-        moment = rng.uniform(2.5, 7.0)  # the model loads in about 2 s, then the part is written
+        while proc.poll() is None and _rows(store) == start:  # until this run's first write lands
+            time.sleep(0.05)
+        moment = rng.uniform(0.0, 1.5)  # a part takes about 2-3 s to write
         try:
             proc.wait(moment)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
-        moments.append((round(moment, 1), proc.returncode))
+        moments.append({"after_first_write_s": round(moment, 2), "exit": proc.returncode,
+                        "rows_before": start, "rows_after": _rows(store)})
     before = _records(store)
     last = tag(root, store)
     out, err = last.communicate(timeout=3600)
@@ -430,7 +452,7 @@ print(sum(1 for v in ids.values() if v > 1), len(ids))
     dup, unique = (int(x) for x in res.stdout.split())
     found = sum(check["found"])
     row = {"kills": kills, "photos": per * kills, "killed_at_s_and_exit": moments,
-           "killed_runs": sum(1 for _, rc in moments if rc == -signal.SIGKILL),
+           "killed_runs": sum(1 for m in moments if m["exit"] == -signal.SIGKILL),
            "records_after_the_kills": before,
            "final_run": {k: report.get(k) for k in ("new", "unchanged", "updated")},
            "rerun": {k: json.loads(out2).get(k) for k in ("new", "unchanged", "updated")},
