@@ -166,3 +166,31 @@ def _get(url: str) -> int:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_a_killed_serve_takes_its_chroma_server_down_and_frees_the_store(workdir, tmp_path):
+    store = tmp_path / "store"
+    port = free_port()
+    serve = toolkit(["serve", "--port", str(port)], store, workdir, stderr=subprocess.DEVNULL)
+    try:
+        up = wait_until(lambda: _get(f"http://127.0.0.1:{port}/api/health") == 200, tries=900)
+        assert up, "toolkit serve did not come up"
+        chroma_pid = json.loads(server_path(store).read_text())["server_pid"]
+        assert try_own(store) is None                   # held by serve and by its chroma server
+    finally:
+        serve.send_signal(signal.SIGKILL)
+        serve.wait()
+    gone = wait_until(lambda: not _running(chroma_pid), tries=300, every=0.1)
+    assert gone, f"chroma server {chroma_pid} outlived the serve that started it"
+    own = wait_until(lambda: try_own(store), tries=100, every=0.1)
+    assert own is not None
+    own.release()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its (dead) parent's reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
