@@ -29,10 +29,3 @@ def bound_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> bool:
         return False
     return bool(mallopt(M_ARENA_MAX, arenas)) and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
 
-
-def trim() -> None:
-    """Hand freed heap memory back to the system now (glibc), e.g. after a large decode."""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
