@@ -39,6 +39,7 @@ SCHEMA_VERSION = 1
 HNSW = {"space": "cosine", "ef_search": 600, "ef_construction": 100, "max_neighbors": 32}
 
 _clients: dict[tuple, Any] = {}
+_open_lock = threading.RLock()
 #: From this size on, filtered queries go through store.filtered's exact in-memory index:
 #: Chroma's own `where` took 29 ms at 50k records and 456 ms at 1M for a 5% filter.
 FILTER_INDEX_MIN = 20_000
@@ -53,30 +54,99 @@ BUILD_FILTER_INDEX = True
 
 
 def client_for(settings: "Settings"):
-    """One client per location per process: Chroma's embedded client dislikes being opened twice."""
+    """One client per location per process. An embedded folder is opened by one process at a
+    time (store/owner.py): this one if it is free, else through the server the process that has
+    it hosts (`toolkit serve`), else after waiting for that process to end."""
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    import chromadb
-    from chromadb.config import Settings as ChromaSettings
-
-    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
     if settings.uses_chroma_server:
         key = ("http", settings.chroma_host, settings.chroma_port)
         if key not in _clients:
-            try:
-                _clients[key] = chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port,
-                                                    settings=chroma_settings)
-                _clients[key].heartbeat()
-            except Exception as exc:
-                _clients.pop(key, None)
-                raise StoreError(f"cannot reach the Chroma server at {settings.chroma_host}:{settings.chroma_port} "
-                                 f"({type(exc).__name__}); start it or unset TOOLKIT_CHROMA_HOST") from exc
+            _clients[key] = _http_client(settings.chroma_host, settings.chroma_port,
+                                         "start it or unset TOOLKIT_CHROMA_HOST")
         return _clients[key]
     path = settings.resolved_chroma_path.expanduser().resolve()
     key = ("path", str(path))
-    if key not in _clients:
-        path.mkdir(parents=True, exist_ok=True)
-        _clients[key] = chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+    with _open_lock:
+        if key not in _clients:
+            _clients[key] = _open_embedded(path, settings.store_wait)
     return _clients[key]
+
+
+def _chroma_settings():
+    from chromadb.config import Settings as ChromaSettings
+
+    return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+
+
+def _http_client(host: str, port: int, fix: str):
+    import chromadb
+
+    try:
+        client = chromadb.HttpClient(host=host, port=port, settings=_chroma_settings())
+        client.heartbeat()
+    except Exception as exc:
+        raise StoreError(f"cannot reach the Chroma server at {host}:{port} ({type(exc).__name__}); {fix}") from exc
+    return client
+
+
+def _open_embedded(path: Path, wait: float):
+    """The embedded folder behind a lease: opened on this process's turn (store/owner.py)."""
+    import chromadb
+
+    from store.owner import Lease, LeasedClient
+
+    def embedded(folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(folder), settings=_chroma_settings())
+
+    def http(host: str, port: int):
+        return _http_client(host, port, fix="the process hosting the store has just stopped; run the command again")
+
+    return LeasedClient(Lease(path, wait, embedded, http))
+
+
+def release(settings: "Settings") -> None:
+    """Give the embedded store back to other processes now, instead of after a moment idle.
+    Stores opened on it go on working: they take it again on their next call."""
+    path = embedded_path(settings)
+    if path is None:
+        return
+    with _open_lock:
+        client = _clients.get(("path", str(path)))
+        if client is not None and hasattr(client, "close"):
+            client.close()
+            if not hasattr(client, "_lease"):
+                _clients.pop(("path", str(path)), None)
+
+
+@contextmanager
+def hosting(settings: "Settings") -> Iterator[None]:
+    """For a long-lived process (`toolkit serve`): hold the embedded store and serve it to other
+    processes through `chroma run` on 127.0.0.1, using it through that server too, so that
+    everybody's writes are in one index and seen at once. A no-op on a Chroma server; when
+    another process hosts the store already, this one uses its server."""
+    from store.owner import Host, wait_for_store
+
+    path = embedded_path(settings)
+    if path is None:
+        yield
+        return
+    release(settings)
+    key = ("path", str(path))
+    _clients.pop(key, None)
+    got = wait_for_store(path, settings.store_wait)
+    if isinstance(got, tuple):
+        _clients[key] = _http_client(*got, fix="the process hosting the store has just stopped; start again")
+        yield
+        return
+    host = Host(got)
+    try:
+        _clients[key] = _http_client(host.host, host.port, fix="see the .server.log beside the store")
+        yield
+    finally:
+        _clients.pop(key, None)
+        host.stop()
+        got.release()
 
 
 def embedded_path(settings: "Settings") -> Path | None:
@@ -101,7 +171,7 @@ class ChromaStore:
     """One Chroma collection; implements store.base.VectorStore."""
 
     def __init__(self, collection, model_id: str, dim: int, chroma_path: Path | None = None) -> None:
-        self._col = collection
+        self._col = _Guarded(collection)
         self.model_id = model_id
         self.dim = dim
         self.name = collection.name
@@ -422,6 +492,41 @@ class ChromaStore:
             seq = self._index_seq()  # before the count: a write in between reads as stale, never as current
             cached = self._count_cache = (now, self._writes, self.count(), seq)
         return cached
+
+
+class _Guarded:
+    """A Chroma collection whose failures to answer (Chroma's own errors, a server that does not
+    respond) come out as StoreError, which the CLI prints as one line and the API answers 503
+    with Retry-After. Chroma's ValueErrors (a malformed request) pass as they are."""
+
+    def __init__(self, col) -> None:
+        self._col = col
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._col, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                if not _store_failure(exc):
+                    raise
+                what = (str(exc).strip().splitlines() or [""])[0][:160]
+                raise StoreError(f"the store cannot answer {name} on collection '{self._col.name}' "
+                                 f"({type(exc).__name__}: {what}); try again in a few seconds") from exc
+
+        return call
+
+
+def _store_failure(exc: Exception) -> bool:
+    module = type(exc).__module__ or ""
+    if module.startswith(("httpx", "httpcore")):
+        return True
+    if module.startswith("chromadb"):
+        return not isinstance(exc, (ValueError, TypeError))
+    return False
 
 
 def _clean(meta: Metadata) -> Metadata:

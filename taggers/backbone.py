@@ -14,6 +14,7 @@ from efficientnet_lite_pytorch import EfficientNet
 
 from taggers import weights
 from taggers.backbone_specs import _PRODUCT_BELOW, LITE0, parse_mid, spec
+from taggers.runtime_files import sweep_stale_tmp
 from toolkit.errors import ModelError
 
 IMAGE_SIZE = 224
@@ -87,6 +88,7 @@ def _export(module: torch.nn.Module, output: str, out: Path, size: int = IMAGE_S
     """Write an ONNX file under a temporary name and rename it, so a crash or a parallel run
     never leaves a half-written model behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_tmp(out.parent)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     dummy = torch.zeros(1, 3, size, size)
     try:

@@ -41,8 +41,11 @@ class OnnxTextTower:
     """Texts -> L2-normalised vectors in the shared space, on ONNX Runtime."""
 
     def __init__(self, onnx_path: Path, tokenizer_file: Path, max_length: int, threads: int = 0) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
+
+        from taggers.runtime_files import onnxruntime
+
+        ort = onnxruntime()
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -72,10 +75,12 @@ def export_text_tower(heads: "Heads", minilm_folder: Path, out: Path) -> Path:
     from transformers import AutoModel
 
     from taggers.offline_model import quietly
+    from taggers.runtime_files import sweep_stale_tmp
 
     bert = quietly(lambda: AutoModel.from_pretrained(str(minilm_folder), attn_implementation="eager")).eval()
     tower = _Tower(bert, heads).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_tmp(out.parent)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     dummy = tuple(torch.ones(2, 8, dtype=torch.int64) if n != "token_type_ids" else torch.zeros(2, 8, dtype=torch.int64)
                   for n in INPUTS)

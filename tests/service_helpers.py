@@ -68,13 +68,14 @@ def build_catalog(root: Path, shared: Path, *, real_model: bool = False, **setti
 
 
 @contextmanager
-def running_server(app, timeout: float = 30.0) -> Iterator[str]:
-    """The app on a real uvicorn on 127.0.0.1, in a thread; yields its base URL."""
+def running_server(app, timeout: float = 30.0, **config) -> Iterator[str]:
+    """The app on a real uvicorn on 127.0.0.1, in a thread; yields its base URL. `config`
+    goes to uvicorn.Config (e.g. the `http` protocol `toolkit serve` uses)."""
     import uvicorn
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
+                                           lifespan="off", **config))
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

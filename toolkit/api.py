@@ -7,6 +7,7 @@ own exceptions, turned into status codes in one place (`STATUS`).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,9 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from toolkit.core import Toolkit
 from toolkit.current import CurrentToolkit
 from toolkit.errors import (ConfigError, MediaError, ModelError, ModelMismatchError, NotFoundError, QueryError,
-                            StoreError, ToolkitError)
+                            StoreError, ToolkitError, shown)
 from toolkit.facets import FacetCache, Facets
-from toolkit.media import sniff
+from toolkit.media import set_decode_budget, sniff
 from toolkit.media_server import MediaServer, Redirect
 from toolkit.models import Hit
 from toolkit.search import MAX_K
@@ -35,6 +36,15 @@ JSON_BODY_LIMIT = 64 * 1024
 #: Room for the multipart framing and the form fields sent with an upload.
 MULTIPART_SLACK = 64 * 1024
 MiB = 1024 * 1024
+#: Seconds a client is asked to wait (Retry-After) when the store or the model cannot answer.
+RETRY_AFTER = 5
+#: A client has this many seconds to send a request's line and headers: one that sends a byte
+#: a second would otherwise hold a connection (and its slot) for ever.
+HEADER_TIMEOUT = 10.0
+#: uvicorn closes a kept-alive connection idle this long.
+KEEP_ALIVE = 5
+
+log = logging.getLogger("toolkit.api")
 
 
 class UploadTooLarge(QueryError):
@@ -59,7 +69,7 @@ def status_for(exc: Exception) -> int:
 
 # -- request and response models ---------------------------------------------------------------
 
-FilterValue = str | int | float | bool
+FilterValue = str | int | float
 QueryText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 
 
@@ -79,13 +89,25 @@ class SearchOptions(BaseModel):
     min_score: float | None = Field(None, allow_inf_nan=False,
                                     description="Leave out products scoring under this, so fewer than k may come back.")
 
-    @field_validator("filters")
+    @field_validator("filters", mode="before")
     @classmethod
-    def _no_empty_values(cls, filters: dict[str, FilterValue]) -> dict[str, FilterValue]:
+    def _text_values(cls, filters: object) -> object:
+        """Tags, kinds and ids are text: `{"colour": true}` would match nothing, silently. A
+        number is taken for a catalog attribute (`attr.size`), as its text."""
+        if not isinstance(filters, dict):
+            return filters
+        out = {}
         for name, value in filters.items():
-            if isinstance(value, str) and not value.strip():
-                raise ValueError(f"filter {name!r} has an empty value")
-        return filters
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if numeric and str(name).startswith("attr."):
+                value = str(int(value)) if float(value).is_integer() else str(value)
+            elif not isinstance(value, str):
+                raise ValueError(f"filter {shown(name)} takes a text value, e.g. \"black\"; "
+                                 f"got {json.dumps(value)[:40]}")
+            if not value.strip():
+                raise ValueError(f"filter {shown(name)} has an empty value")
+            out[name] = value
+        return out
 
 
 class TextSearch(SearchOptions):
@@ -174,7 +196,7 @@ def build_where(options: SearchOptions, facets: Facets | None) -> dict[str, obje
         known = facets.filter_fields() if facets is not None else []
         for name, value in options.filters.items():
             if name not in known:
-                raise QueryError(f"unknown filter field {name!r}; this store can filter on: {', '.join(known)}")
+                raise QueryError(f"unknown filter field {shown(name)}; this store can filter on: {', '.join(known)}")
             where[name] = value
     if options.price_min is not None and options.price_max is not None and options.price_min > options.price_max:
         raise QueryError(f"price_min ({options.price_min:g}) is above price_max ({options.price_max:g})")
@@ -192,7 +214,9 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
     It follows the collection pointer (toolkit/current.py): after a `toolkit reindex` or
     `toolkit collections use` elsewhere, searches move to the new collection within seconds."""
     tk = toolkit or Toolkit()
+    tk.batch_queries = tk.settings.batch_queries
     current = CurrentToolkit(tk)
+    set_decode_budget(tk.settings.decode_pixels)
     upload_limit = int(tk.settings.max_upload_mb * MiB)
     facets = FacetCache(lambda: current.get().store)
     media = MediaServer(lambda: current.get().store, tk.settings)
@@ -201,6 +225,7 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
     app.state.current = current
     app.add_middleware(BodyLimit, limits={"/api/search/image": upload_limit + MULTIPART_SLACK},
                        default=JSON_BODY_LIMIT, message=_too_large(tk.settings.max_upload_mb))
+    app.add_middleware(JsonErrors)  # added last, so outside the others: it catches what they let through
     _add_error_handlers(app)
 
     def run(options: SearchOptions, search) -> SearchResponse:
@@ -237,7 +262,7 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
     @app.post("/api/search/image", response_model=SearchResponse, responses=errors(413, 415, 422, 503),
               tags=["search"])
     def search_image(
-        file: Annotated[UploadFile, File(description="A photo: JPEG, PNG, WebP, GIF, BMP or TIFF.")],
+        file: Annotated[list[UploadFile], File(description="One photo: JPEG, PNG, WebP, GIF, BMP or TIFF.")],
         text: Annotated[str | None, Form(max_length=1000, description="Optional words to search with the photo.")] = None,
         k: Annotated[int, Form()] = 10,
         filters: Annotated[str, Form(description="Filters as a JSON object, as in POST /api/search.")] = "{}",
@@ -246,8 +271,10 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
         min_score: Annotated[float | None, Form()] = None,
     ) -> SearchResponse:
         """Products that look like an uploaded photo (and match `text`, if given)."""
+        if len(file) != 1:
+            raise QueryError(f"send one photo per request in the form field 'file' (got {len(file)})")
         options = _form_options(k=k, filters=filters, price_min=price_min, price_max=price_max, min_score=min_score)
-        data = _read_upload(file, upload_limit)
+        data = _read_upload(file[0], upload_limit)
         words = text.strip() if text and text.strip() else None
         now = current.get()
         return run(options, lambda where: _image_search(now, data, words, options, where))
@@ -333,7 +360,7 @@ def _parse_where(exprs: list[str]) -> dict[str, str]:
     for expr in exprs:
         name, sep, value = expr.partition("=")
         if not sep or not name.strip():
-            raise QueryError(f"filter {expr!r} is not of the form field=value, e.g. colour=black")
+            raise QueryError(f"filter {shown(expr)} is not of the form field=value, e.g. colour=black")
         out[name.strip()] = value.strip()
     return out
 
@@ -380,15 +407,108 @@ class BodyLimit:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ToolkitError)
     async def toolkit_error(request: Request, exc: ToolkitError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+        return error_response(status_for(exc), str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        bad_json = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if bad_json is not None:  # its loc holds a character offset, not a field
+            where = bad_json.get("loc", ())[-1]
+            why = (bad_json.get("ctx") or {}).get("error") or bad_json.get("msg", "invalid")
+            message = f"not valid JSON ({why} at character {where}); send a JSON object, e.g. {{\"text\": \"black sandals\"}}"
+            return JSONResponse({"detail": f"request body: {message}",
+                                 "errors": [{"field": "body", "message": message}]}, status_code=422)
         errors = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
-                   "message": e.get("msg", "invalid")} for e in exc.errors()]
+                   "message": e.get("msg", "invalid").removeprefix("Value error, ")} for e in exc.errors()]
         detail = "; ".join(f"{e['field'] or 'request'}: {e['message']}" for e in errors)
         return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def error_response(status: int, detail: str) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def unexpected(exc: Exception) -> tuple[int, str]:
+    """Status and message for an exception no handler knows. The store's own errors (Chroma's,
+    or the HTTP client's to a Chroma server) mean it cannot answer now: 503, try again."""
+    module = type(exc).__module__ or ""
+    if module.startswith(("chromadb", "httpx", "httpcore", "sqlite3")):
+        return 503, (f"the store cannot answer now ({type(exc).__name__}); retry in a few seconds, "
+                     "and check the server log if it persists")
+    return 500, (f"internal error ({type(exc).__name__}); the server log has the details; "
+                 "retry, and report it if it persists")
+
+
+class JsonErrors:
+    """The last word on errors: whatever no handler took becomes the same JSON `{"detail"}` as a
+    4xx, and the connection stays usable. Starlette's own fallback answers text/plain and raises
+    again, and uvicorn then drops the kept-alive connection without `Connection: close`, so the
+    client's next request fails too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:  # too late for a status: the client sees a cut response
+                raise
+            status, detail = unexpected(exc)
+            log.error("%s %s answered %d: %s", scope.get("method"), scope.get("path"), status, detail,
+                      exc_info=exc)
+            await error_response(status, detail)(scope, receive, send)
+
+
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """uvicorn, with a deadline for each request's headers (uvicorn's keep-alive timer restarts
+    on every byte, so a client sending one a second was never timed out)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=header_timeout_protocol(),
+                timeout_keep_alive=KEEP_ALIVE)
+
+
+def header_timeout_protocol(timeout: float = HEADER_TIMEOUT) -> type:
+    """uvicorn's HTTP protocol (httptools, else h11) that closes a connection whose next
+    request's headers have not all arrived `timeout` seconds after it opened or after the last
+    response. Both protocols start a new request cycle once the headers are complete."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class HeaderTimeout(Base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            cycle = self.cycle
+            self.loop.call_later(timeout, self._headers_overdue, cycle)
+
+        def _headers_overdue(self, cycle_then) -> None:
+            # Still the cycle of the previous request (or none): this one's headers never came.
+            if self.cycle is cycle_then and not self.transport.is_closing():
+                if cycle_then is None or cycle_then.response_complete:
+                    self.transport.close()
+
+    return HeaderTimeout

@@ -1,6 +1,7 @@
 """`Toolkit`: the public Python API. The CLI and the HTTP API are thin wrappers around it."""
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,11 @@ class Toolkit:
         self._collection: str | None = None
         self._store: "ChromaStore | None" = None
         self._products: "ChromaStore | None" = None
+        #: Share model calls between concurrent searches (toolkit/batching.py): the search
+        #: service turns it on; one search at a time gains nothing from it.
+        self.batch_queries = False
+        self._batcher: Any = None
+        self._batcher_lock = threading.Lock()
 
     # Heavy parts load on first use, so constructing a Toolkit (and `toolkit --help`) is instant.
     @property
@@ -83,6 +89,19 @@ class Toolkit:
         if self._embedder is None:
             self._embedder = registry.embedder(self.model_settings)
         return self._embedder
+
+    @property
+    def query_embedder(self) -> "Embedder":
+        """The embedder searches use: `embedder`, through query lanes when `batch_queries`."""
+        if not self.batch_queries:
+            return self.embedder
+        embedder = self.embedder
+        with self._batcher_lock:
+            if self._batcher is None or self._batcher.inner is not embedder:
+                from toolkit.batching import BatchingEmbedder
+
+                self._batcher = BatchingEmbedder(embedder, max_batch=self.settings.batch_size)
+            return self._batcher
 
     @property
     def store(self) -> "ChromaStore":
@@ -131,7 +150,9 @@ class Toolkit:
         """A new Toolkit on the same settings that resolves the collection (and its model)
         afresh; this one stays as it was for whoever still uses it. An embedder given to this
         one is given to the new one too (and a collection of another model is then refused)."""
-        return Toolkit(self.settings, embedder=self._embedder if self._embedder_given else None)
+        new = Toolkit(self.settings, embedder=self._embedder if self._embedder_given else None)
+        new.batch_queries = self.batch_queries
+        return new
 
     def _switched(self) -> None:
         """The collection in use changed: open it (and its model) afresh on next use."""
@@ -191,7 +212,7 @@ class Toolkit:
         validate_k(k)
         to_chroma_where(where)
         picture = load_query_image(image) if image is not None else None
-        return search(self.embedder, self.store, text=text, image=picture, k=k, where=where, min_score=min_score,
+        return search(self.query_embedder, self.store, text=text, image=picture, k=k, where=where, min_score=min_score,
                       hybrid_weight=self.settings.hybrid_weight)
 
     def more_like_this(self, id: str, k: int = 10, where: Where = None,

@@ -56,3 +56,10 @@ class QueryError(ToolkitError):
 
 class NotFoundError(QueryError):
     """A search names a product or media id that is not in the store."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A user-given value quoted in a message, cut short: a 5,000-character id echoed whole
+    would bury the message (and a log line) under the client's input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}…' ({len(str(value))} characters)"

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -75,8 +78,44 @@ def _flatten(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = 50_000_000, name: str = "image") -> Image.Image:
-    """Decode bytes into an RGB image, or raise MediaError saying why not."""
+class PixelBudget:
+    """How many image pixels are being decoded at once in this process. A small file can hold a
+    huge picture (a 7,000 x 7,000 PNG of one colour is 143 KB): its decode takes about 7 bytes a
+    pixel until it is flattened and shrunk, so eight at once took a server from 1.5 to 4.1 GB.
+    A decode waits until its pixels fit; one larger than the whole budget runs alone."""
+
+    def __init__(self, pixels: int) -> None:
+        self.capacity = pixels
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        need = min(pixels, self.capacity)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + need <= self.capacity)
+            self.used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= need
+                self._cond.notify_all()
+
+
+#: The process-wide budget (TOOLKIT_DECODE_PIXELS; `set_decode_budget`).
+DECODES = PixelBudget(64_000_000)
+
+
+def set_decode_budget(pixels: int) -> None:
+    DECODES.capacity = pixels
+
+
+def decode_image(data: bytes, max_pixels: int = 50_000_000, name: str = "image",
+                 max_side: int | None = None) -> Image.Image:
+    """Decode bytes into an RGB image, or raise MediaError saying why not. With `max_side`,
+    a larger image comes back shrunk to fit it (decoded at a reduced scale where the format
+    allows), so what is kept after the decode is small."""
     if not data:
         raise MediaError(f"{name}: empty file (0 bytes); re-upload it or remove it from the source")
     try:
@@ -87,10 +126,16 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000, name: str = "image")
                 raise MediaError(
                     f"{name}: image is too large ({img.width}x{img.height}); "
                     f"raise TOOLKIT_MAX_IMAGE_PIXELS (now {max_pixels}) to accept it")
-            img.load()
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            return _flatten(img)
+            with DECODES.hold(img.width * img.height):
+                if max_side is not None and max(img.size) > 2 * max_side:
+                    img.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2 to 1/8 scale
+                img.load()
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)
+                img = _flatten(img)
+                if max_side is not None and max(img.size) > max_side:
+                    img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+                return img
     except MediaError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,

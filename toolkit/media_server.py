@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from toolkit import registry
-from toolkit.errors import MediaError, NotFoundError
+from toolkit.errors import MediaError, NotFoundError, shown
 from toolkit.media import sniff
 from toolkit.models import MediaRef
 
@@ -62,10 +62,10 @@ class MediaServer:
 
     def _records(self, media_id: str) -> list[dict]:
         if not MEDIA_ID.fullmatch(media_id):
-            raise NotFoundError(f"no media with id {media_id!r}; use a media_id from a search result")
+            raise NotFoundError(f"no media with id {shown(media_id)}; use a media_id from a search result")
         records = [r.metadata for r in self._store().get(where={"media_id": media_id})]
         if not records:
-            raise NotFoundError(f"no media with id {media_id!r} in the store")
+            raise NotFoundError(f"no media with id {shown(media_id)} in the store")
         return records
 
     def _connector(self, uri: str):

@@ -49,6 +49,12 @@ def connector_for(uri: str, settings: Settings) -> "Connector":
 
 def _offline(settings: Settings) -> "Embedder":
     from taggers.offline_model import OfflineEmbedder
+    from taggers.runtime_files import onnxruntime
+
+    try:
+        onnxruntime()  # telemetry off before the model makes its first session
+    except ImportError:
+        pass  # runtime "torch" without ONNX Runtime installed: nothing to turn off
 
     return OfflineEmbedder(heads_path=settings.heads_path, runtime=settings.runtime,
                            batch_size=settings.batch_size, threads=settings.threads, precision=settings.precision,

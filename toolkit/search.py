@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from toolkit.errors import NotFoundError, QueryError
+from toolkit.errors import NotFoundError, QueryError, shown
 from toolkit.filters import Where, to_chroma_where
 from toolkit.media import decode_image
 from toolkit.models import Hit
@@ -31,6 +31,9 @@ DEFAULT_HYBRID_WEIGHT = 0.3
 
 
 ImageQuery = str | Path | bytes | Image.Image
+#: Query photos are shrunk to this side as they are decoded: the model sees 224 px, and a
+#: 49-megapixel upload then holds 4 MP, not 147 MB, while its query is embedded.
+QUERY_MAX_SIDE = 2048
 
 
 def query_vector(embedder: "Embedder", text: str | None = None,
@@ -52,11 +55,11 @@ def load_query_image(image: ImageQuery) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, (bytes, bytearray)):
-        return decode_image(bytes(image), name="query image")
+        return decode_image(bytes(image), name="query image", max_side=QUERY_MAX_SIDE)
     path = Path(image).expanduser()
     if not path.is_file():
         raise QueryError(f"{path}: no such image file; check the path")
-    return decode_image(path.read_bytes(), name=str(path))
+    return decode_image(path.read_bytes(), name=str(path), max_side=QUERY_MAX_SIDE)
 
 
 def validate_k(k: int) -> None:
@@ -131,7 +134,7 @@ def more_like_this(store: "ChromaStore", id: str, k: int = 10, where: Where = No
     to_chroma_where(where)
     records = store.get(where={"$or": [{"product_id": id}, {"media_id": id}]}, include_embeddings=True)
     if not records:
-        raise NotFoundError(f"no product or media with id {id!r} in the store; "
+        raise NotFoundError(f"no product or media with id {shown(id)} in the store; "
                             "use a product_id or media_id from a search result")
     v = np.mean([r.embedding for r in records], axis=0)
     vector = (v / (np.linalg.norm(v) or 1.0)).astype(np.float32)

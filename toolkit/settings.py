@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     chroma_path: Path | None = Field(None, description="Embedded Chroma folder (default: DATA_DIR/chroma).")
     chroma_host: str | None = Field(None, description="Chroma server host; with CHROMA_PORT, use a server instead of the embedded store.")
     chroma_port: int | None = Field(None, description="Chroma server port.")
+    store_wait: float = Field(0.0, ge=0, description="Seconds a command waits while another process has the embedded store open (0: as long as it takes); a running `toolkit serve` shares the store instead.")
     collection: str = Field("catalog", description="Name of the media collection; after `toolkit reindex` it points at the collection in use (`toolkit collections list`).")
 
     # Embedding model
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
 
     # Media
     max_image_pixels: int = Field(50_000_000, description="Larger images are skipped (decompression-bomb guard).")
+    decode_pixels: int = Field(64_000_000, ge=1_000_000, description="Most image pixels decoded at once in one process (about 7 bytes each while decoding): bounds memory when large images arrive together; the others wait their turn.")
     video_interval: float = Field(2.0, gt=0, description="Seconds between sampled frames when no scene change is found.")
     video_scene_threshold: float = Field(0.35, ge=0, le=1, description="Frame difference (0-1) that counts as a scene change.")
     video_max_frames: int = Field(64, ge=1, description="Most frames kept per video.")
@@ -76,6 +78,7 @@ class Settings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="Address `toolkit serve` listens on.")
     serve_port: int = Field(8000, description="Port `toolkit serve` listens on.")
     max_upload_mb: float = Field(10.0, gt=0, description="Largest image upload the API accepts, in MiB.")
+    batch_queries: bool = Field(True, description="`toolkit serve`: embed the queries of requests that arrive together in one model call (more requests a second under load; none waits for it).")
     hybrid_weight: float = Field(0.3, ge=0, description="Weight of exact query words (in a product's title, tags or attributes) added to the vector score of a text search; 0 ranks by vectors alone.")
 
     @property
@@ -103,4 +106,5 @@ def load_settings(**overrides: object) -> Settings:
     # the SDKs read os.environ, so put them there without overriding what is already set.
     load_dotenv(Path.cwd() / ".env", override=False)
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")  # ONNX Runtime reads it as it starts
     return Settings(**overrides)
