@@ -38,10 +38,10 @@ u4,d1,2024-03-07
 """
 
 
-def shop(folder):
+def shop(folder, catalog=None):
     for name, text in (("items.csv", ITEMS), ("users.csv", USERS), ("events.csv", EVENTS)):
         (folder / name).write_text(text)
-    r = Recommender(folder / "data")
+    r = Recommender(folder / "data", catalog=lambda: catalog)
     r.import_items(folder / "items.csv")
     r.import_users(folder / "users.csv")
     assert r.import_events(folder / "events.csv").added == 13
@@ -186,3 +186,44 @@ def test_content_picks_reach_a_product_nobody_bought_by_its_looks(tmp_path):
     result = rec.for_user("u1", k=2)
     assert ids(result)[0] == "n1" and result.picks[0].reason == "looks like Strap top black"
     assert rec.models().content_model == "test-model"
+
+
+def test_models_are_kept_per_collection_and_refused_for_another_collection_or_model(tmp_path):
+    from toolkit.recommend.errors import StaleModels
+    from toolkit.recommend.models import Catalog
+
+    trained = Catalog("catalog", "id-1", "clip-a")
+    first = shop(tmp_path, trained)
+    assert first.models_path == tmp_path / "data" / "recommend" / "catalog" / "models.pkl"
+    assert first.models().catalog == trained.as_dict()
+
+    def serving(catalog):
+        return Recommender(tmp_path / "data", catalog=lambda: catalog)
+
+    assert ids(serving(trained).together("a1")) == ["b1"]
+    for other, why in ((Catalog("catalog", "id-2", "clip-a"), "collection 'catalog' (model clip-a)"),
+                       (Catalog("catalog", "id-1", "clip-b"), "collection 'catalog' (model clip-b)"),
+                       (Catalog("catalog-v2", "id-3", "clip-b"), "collection 'catalog-v2' (model clip-b)")):
+        with pytest.raises(StaleModels) as caught:
+            serving(other).together("a1")
+        message = str(caught.value)
+        assert "\n" not in message and why in message and message.endswith("run `toolkit recommend train`")
+
+    retrained = serving(Catalog("catalog-v2", "id-3", "clip-b"))
+    retrained.train()
+    assert ids(retrained.together("a1")) == ["b1"]
+    assert ids(serving(trained).together("a1")) == ["b1"]  # the first collection's models are still there
+
+
+def test_models_an_older_toolkit_wrote_are_refused_with_the_fix(tmp_path):
+    import pickle
+
+    from toolkit.recommend.errors import StaleModels
+
+    rec = shop(tmp_path)
+    models = rec.models()
+    models.format = 2
+    rec.models_path.write_bytes(pickle.dumps(models))
+    with pytest.raises(StaleModels, match=r"older toolkit; run `toolkit recommend train`$"):
+        Recommender(tmp_path / "data").together("a1")
+

@@ -341,5 +341,11 @@ class Toolkit:
 
                 return from_store(self.store) if self.store.count() else None
 
-            self._recommender = Recommender.for_settings(self.settings, neighbours=lookalikes, vectors=vectors)
+            def catalog():
+                from toolkit.recommend.models import Catalog
+
+                return Catalog(self.store.name, self.store.collection_id, self.store.model_id)
+
+            self._recommender = Recommender.for_settings(self.settings, neighbours=lookalikes, vectors=vectors,
+                                                         catalog=catalog)
         return self._recommender

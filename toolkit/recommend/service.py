@@ -20,10 +20,10 @@ import pandas as pd
 
 from toolkit.errors import ToolkitError
 from toolkit.recommend import picks as ranking
-from toolkit.recommend.errors import UnknownProduct
+from toolkit.recommend.errors import StaleModels, UnknownProduct
 from toolkit.recommend.events import EventStore
 from toolkit.recommend.filters import Where, clauses, matches
-from toolkit.recommend.models import Models, Options, StepCallback, build
+from toolkit.recommend.models import Catalog, Models, Options, StepCallback, build, describe
 from toolkit.recommend.picks import Candidate, Weights
 from toolkit.recommend.records import Event, ImportReport, Item, Pick, Picks, Rule
 from toolkit.recommend.segments import segment
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 Neighbours = Callable[[str, int], list[str]]
 #: The store's vector of each product (content picks), or None when the store has none.
 VectorSource = Callable[[], "ItemVectors | None"]
+#: The vector store's collection and model the models are built beside, or None without a store.
+CatalogSource = Callable[[], "Catalog | None"]
+MODELS_FILE = "models.pkl"
+TRAIN_HINT = "run `toolkit recommend train`"
 ALL_TYPES = ("purchase", "cart", "view")
 #: A session (no account, a few views): what was bought with what they look at leads; nothing was bought.
 SESSION_WEIGHTS = Weights(repurchase=0, repurchase_days=0, item=1.0, als=0.3, trending=0.3, variant=0.5)
@@ -51,14 +55,18 @@ class TrainReport:
     path: str
     seconds: float
     steps: dict[str, float] = field(default_factory=dict)
+    #: The collection and model the models were built beside (None without a vector store).
+    catalog: dict | None = None
 
 
 class Recommender:
     def __init__(self, data_dir: Path, *, store: EventStore | None = None, neighbours: Neighbours | None = None,
                  read_s3: ReadS3 | None = None, options: Options | None = None, weights: Weights | None = None,
-                 vectors: VectorSource | None = None) -> None:
+                 vectors: VectorSource | None = None, catalog: CatalogSource | None = None) -> None:
         self.data_dir = Path(data_dir)
         self._vectors = vectors
+        self._catalog_source = catalog
+        self._catalog: tuple[Catalog | None] | None = None
         self._store = store
         self._neighbours = neighbours
         self._read_s3 = read_s3
@@ -71,7 +79,7 @@ class Recommender:
 
     @classmethod
     def for_settings(cls, settings: "Settings", neighbours: Neighbours | None = None,
-                     vectors: VectorSource | None = None) -> "Recommender":
+                     vectors: VectorSource | None = None, catalog: CatalogSource | None = None) -> "Recommender":
         def read_s3(uri: str) -> bytes:
             import boto3
 
@@ -79,7 +87,7 @@ class Recommender:
             client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
-        return cls(settings.data_dir, neighbours=neighbours, read_s3=read_s3, vectors=vectors)
+        return cls(settings.data_dir, neighbours=neighbours, read_s3=read_s3, vectors=vectors, catalog=catalog)
 
     @property
     def events(self) -> EventStore:
@@ -88,8 +96,18 @@ class Recommender:
         return self._store
 
     @property
+    def catalog(self) -> Catalog | None:
+        """The collection in use, asked once: a Toolkit keeps one collection for its life."""
+        if self._catalog is None:
+            self._catalog = (self._catalog_source() if self._catalog_source else None,)
+        return self._catalog[0]
+
+    @property
     def models_path(self) -> Path:
-        return self.data_dir / "recommend" / "models.pkl"
+        """One folder per collection, so that training for one collection never replaces another's models."""
+        root = self.data_dir / "recommend"
+        catalog = self.catalog
+        return root / catalog.collection / MODELS_FILE if catalog else root / MODELS_FILE
 
     # -- importing ---------------------------------------------------------------------------------
 
@@ -126,27 +144,51 @@ class Recommender:
         with self._lock:
             self._models, self._models_mtime = models, self.models_path.stat().st_mtime
         return TrainReport(self.events.count(), len(models.data.users), len(models.data.items), str(self.models_path),
-                           round(time.perf_counter() - started, 2), models.seconds)
+                           round(time.perf_counter() - started, 2), models.seconds, models.catalog)
 
     def models(self) -> Models:
         """The models `train` built (read again when it runs anew); without them, built now, in memory."""
         with self._lock:
-            mtime = self.models_path.stat().st_mtime if self.models_path.is_file() else None
+            path = self.models_path
+            mtime = path.stat().st_mtime if path.is_file() else None
             if mtime is not None and mtime != self._models_mtime:
-                loaded = Models.load(self.models_path)
-                if loaded is not None:
-                    self._models, self._models_mtime = loaded, mtime
+                loaded = Models.load(path)
+                if loaded is None:
+                    raise StaleModels(f"the recommendation models in {path} were written by an older toolkit; "
+                                      f"{TRAIN_HINT}")
+                self._check(loaded, path)
+                self._models, self._models_mtime = loaded, mtime
             if self._models is None:
+                if mtime is None:
+                    self._refuse_others()
                 self._models = self._build(None)
             return self._models
+
+    def _check(self, models: Models, path: Path) -> None:
+        current = self.catalog.as_dict() if self.catalog else None
+        if models.catalog != current:
+            now = self.catalog.describe() if self.catalog else "no collection"
+            raise StaleModels(f"the recommendation models in {path} were built from {describe(models.catalog)}, "
+                              f"not {now} in use; {TRAIN_HINT}")
+
+    def _refuse_others(self) -> None:
+        """Models trained for another collection (before a reindex or `collections use`) must not pass for
+        this one's; building afresh in memory would hide that a train is due."""
+        others = sorted(p for p in (self.data_dir / "recommend").glob(f"**/{MODELS_FILE}") if p != self.models_path)
+        if others:
+            now = self.catalog.describe() if self.catalog else "no collection"
+            raise StaleModels(f"no recommendation models for {now}, only ones built for another "
+                              f"({others[0].parent}); {TRAIN_HINT}")
 
     def _build(self, on_step: StepCallback | None) -> Models:
         store = self.events
         latest = store.latest()
         now = (latest + timedelta(seconds=1)) if latest else datetime.now()
         items = {i: it.attributes for i, it in store.items().items()}
-        return build(store.frame(types=ALL_TYPES), now, store.stamp(), store.users(), items, self.options, on_step,
-                     vectors=self.item_vectors())
+        models = build(store.frame(types=ALL_TYPES), now, store.stamp(), store.users(), items, self.options, on_step,
+                       vectors=self.item_vectors())
+        models.catalog = self.catalog.as_dict() if self.catalog else None
+        return models
 
     def item_vectors(self) -> "ItemVectors | None":
         """The store's product vectors for content picks; None without a store or products in it."""
