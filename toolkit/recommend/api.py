@@ -33,11 +33,20 @@ class PickOut(BaseModel):
                                     "\"because you bought ...\", \"trending in ...\".")
     source: str = Field(description="The signal that picked it: together, repurchase, item, als, variant, trending.")
     attributes: dict[str, str]
+    tags: dict[str, str] = Field(default_factory=dict, description="The product photo's tags, as on search hits.")
 
     @classmethod
     def of(cls, p: Pick) -> "PickOut":
+        """An items table's image may be a path no browser can fetch: then the store's photo, which this
+        service serves."""
+        image = p.image if _web_link(p.image) else (f"/media/{p.media_id}" if p.media_id else None)
         return cls(product_id=p.product_id, title=p.title, price=p.price, currency=p.currency, url=p.url,
-                   image_url=p.image, score=p.score, reason=p.reason, source=p.source, attributes=p.attributes)
+                   image_url=image, score=p.score, reason=p.reason, source=p.source, attributes=p.attributes,
+                   tags=p.tags)
+
+
+def _web_link(url: str | None) -> bool:
+    return bool(url) and url.lower().startswith(("http://", "https://"))
 
 
 class PicksOut(BaseModel):

@@ -40,6 +40,8 @@ Neighbours = Callable[[str, int], list[str]]
 VectorSource = Callable[[], "ItemVectors | None"]
 #: The vector store's collection and model the models are built beside, or None without a store.
 CatalogSource = Callable[[], "Catalog | None"]
+#: The vector store's card (title, price, link, photo) of each of some products: what the items table lacks.
+ProductSource = Callable[[list[str]], "dict[str, Item]"]
 MODELS_FILE = "models.pkl"
 TRAIN_HINT = "run `toolkit recommend train`"
 ALL_TYPES = ("purchase", "cart", "view")
@@ -62,8 +64,10 @@ class TrainReport:
 class Recommender:
     def __init__(self, data_dir: Path, *, store: EventStore | None = None, neighbours: Neighbours | None = None,
                  read_s3: ReadS3 | None = None, options: Options | None = None, weights: Weights | None = None,
-                 vectors: VectorSource | None = None, catalog: CatalogSource | None = None) -> None:
+                 vectors: VectorSource | None = None, catalog: CatalogSource | None = None,
+                 products: ProductSource | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self._products = products
         self._vectors = vectors
         self._catalog_source = catalog
         self._catalog: tuple[Catalog | None] | None = None
@@ -79,7 +83,8 @@ class Recommender:
 
     @classmethod
     def for_settings(cls, settings: "Settings", neighbours: Neighbours | None = None,
-                     vectors: VectorSource | None = None, catalog: CatalogSource | None = None) -> "Recommender":
+                     vectors: VectorSource | None = None, catalog: CatalogSource | None = None,
+                     products: ProductSource | None = None) -> "Recommender":
         def read_s3(uri: str) -> bytes:
             import boto3
 
@@ -87,7 +92,8 @@ class Recommender:
             client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
-        return cls(settings.data_dir, neighbours=neighbours, read_s3=read_s3, vectors=vectors, catalog=catalog)
+        return cls(settings.data_dir, neighbours=neighbours, read_s3=read_s3, vectors=vectors, catalog=catalog,
+                   products=products)
 
     @property
     def events(self) -> EventStore:
@@ -206,9 +212,9 @@ class Recommender:
         A product no basket holds gets the complements of the products that look like it, marked so."""
         models = self.models()
         known = product_id in models.data.item_index or bool(self.events.items([product_id]))
-        if not known:
-            raise UnknownProduct(f"product {product_id!r} is in neither the events nor the items; "
-                                 "import it with `toolkit events items` or `toolkit events import`")
+        if not known and not self._in_store(product_id):
+            raise UnknownProduct(f"product {product_id!r} is in neither the events nor the items (nor the vector "
+                                 "store); import it with `toolkit events items` or `toolkit events import`")
         found = ranking.together(models, product_id, _pool(k, where))
         via: dict[str, str] = {}
         note = None
@@ -220,6 +226,16 @@ class Recommender:
                     if not found else "no complement meets the filters")
         out.note = note
         return out
+
+    def _in_store(self, product_id: str) -> bool:
+        """Whether the vector store holds the product: a tagged product nobody bought yet is known by its looks."""
+        if self._neighbours is None:
+            return False
+        try:
+            self._neighbours(product_id, 1)
+        except ToolkitError:
+            return False
+        return True
 
     def _together_by_looks(self, models: Models, product_id: str, k: int) -> tuple[list[Candidate], dict[str, str], str | None]:
         if self._neighbours is None:
@@ -307,19 +323,36 @@ class Recommender:
                 reason: Callable[[Candidate, dict[str, Item]], str]) -> Picks:
         wanted = clauses(where)
         items = self._items()
-        out = []
+        chosen = []
         for c in found:
             if min_score is not None and c.score < min_score:
                 continue
-            item = items.get(c.item_id)
-            if wanted and not matches(item, wanted):
+            if wanted and not matches(items.get(c.item_id), wanted):
                 continue
-            item = item or Item(c.item_id)
-            out.append(Pick(c.item_id, round(c.score, 6), reason(c, items), c.source, item.title, item.price,
-                            item.currency, item.url, item.image, item.attributes))
-            if len(out) >= k:
+            chosen.append(c)
+            if len(chosen) >= k:
                 break
+        shown = self._cards(items, [c.item_id for c in chosen] + [c.because for c in chosen if c.because])
+        out = []
+        for c in chosen:
+            item = shown.get(c.item_id) or Item(c.item_id)
+            out.append(Pick(c.item_id, round(c.score, 6), reason(c, shown), c.source, item.title, item.price,
+                            item.currency, item.url, item.image, item.attributes, item.media_id, item.tags))
         return Picks(out)
+
+    def _cards(self, items: dict[str, Item], ids: list[str]) -> dict[str, Item]:
+        """The items table's entries of `ids`, filled from the store's cards where they lack a title or photo
+        (a shop that tagged its photos with a catalog need not import its products again as items)."""
+        shown = {i: items[i] for i in ids if i in items}
+        missing = sorted({i for i in ids if not (i in shown and shown[i].title and shown[i].image)})
+        if missing and self._products is not None:
+            try:
+                cards = self._products(missing)
+            except ToolkitError:
+                cards = {}
+            for i, card in cards.items():
+                shown[i] = shown[i].filled_from(card) if i in shown else card
+        return shown
 
     @staticmethod
     def _title(items: Mapping[str, Item], item_id: str | None) -> str:
