@@ -82,6 +82,29 @@ def test_a_product_no_basket_holds_is_an_empty_list_with_a_reason_or_its_lookali
     assert result.picks[0].reason.startswith("bought with Strap top black, which looks like it (confidence 0.50")
 
 
+
+def test_a_product_only_the_vector_store_holds_is_known_by_its_looks_and_picks_take_the_stores_cards(rec):
+    from toolkit.errors import NotFoundError
+    from toolkit.recommend.records import Item
+
+    def neighbours(product_id, n):  # as Toolkit.more_like_this answers: unknown ids are an error
+        if product_id != "s1":
+            raise NotFoundError(f"no product or media '{product_id}' in the store")
+        return ["a1"]
+
+    def products(product_ids):  # the store's cards; the items table's fields win where it has them
+        return {i: Item(i, title=f"Store title {i}", price=1.0, media_id=f"m-{i}", tags={"colour": "Blue"})
+                for i in product_ids if i in ("s1", "b1", "a1")}
+
+    looks = Recommender(rec.data_dir, store=rec.events, neighbours=neighbours, products=products)
+    result = looks.together("s1")
+    assert ids(result) == ["b1"] and result.picks[0].source == "together-lookalike"
+    pick = result.picks[0]
+    assert (pick.title, pick.price, pick.media_id, pick.tags) == ("Denim skirt", 20, "m-b1", {"colour": "Blue"})
+    assert pick.reason.startswith("bought with Strap top black, which looks like it")
+    with pytest.raises(UnknownProduct, match="product 'zzz' is in neither"):
+        looks.together("zzz")
+
 def test_a_known_user_gets_their_purchases_again_first_then_new_things_with_reasons(rec):
     result = rec.for_user("u1", k=5)
     assert ids(result)[:2] == ["b1", "a1"] or ids(result)[:2] == ["a1", "b1"]
