@@ -180,11 +180,13 @@ class Recommender:
     def _refuse_others(self) -> None:
         """Models trained for another collection (before a reindex or `collections use`) must not pass for
         this one's; building afresh in memory would hide that a train is due."""
-        others = sorted(p for p in (self.data_dir / "recommend").glob(f"**/{MODELS_FILE}") if p != self.models_path)
+        root = self.data_dir / "recommend"
+        others = sorted(p for p in root.glob(f"**/{MODELS_FILE}") if p != self.models_path)
         if others:
             now = self.catalog.describe() if self.catalog else "no collection"
-            raise StaleModels(f"no recommendation models for {now}, only ones built for another "
-                              f"({others[0].parent}); {TRAIN_HINT}")
+            built = f"collection '{others[0].parent.name}'" if others[0].parent != root else "an older toolkit"
+            raise StaleModels(f"no recommendation models for {now}; those in {others[0]} were built for {built}; "
+                              f"{TRAIN_HINT}")
 
     def _build(self, on_step: StepCallback | None) -> Models:
         store = self.events
