@@ -26,8 +26,9 @@ class PickOut(BaseModel):
     title: str | None
     price: float | None
     currency: str | None
-    url: str | None = Field(description="Where to buy the product (the items table's link).")
-    image_url: str | None = Field(description="The product's picture, when the items table has one.")
+    url: str | None = Field(description="Where to buy the product (the items table's link, else the catalog's).")
+    image_url: str | None = Field(description="The product's picture: the items table's http(s) link, else "
+                                              "the store's photo of it, served by this service (/media/...).")
     score: float
     reason: str = Field(description="Why it was picked: the rule with its confidence and lift, "
                                     "\"because you bought ...\", \"trending in ...\".")
