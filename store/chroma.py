@@ -213,6 +213,11 @@ class ChromaStore:
                 f"rebuild it with the model in use, or switch TOOLKIT_MODEL back to the one that built it")
 
     @property
+    def collection_id(self) -> str:
+        """Chroma's id of the collection: a collection dropped and made again under its name gets a new one."""
+        return str(self._col.id)
+
+    @property
     def made_with(self) -> list[str]:
         """How the machines that wrote this collection computed its vectors (`note_made_with`)."""
         try:

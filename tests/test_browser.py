@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ CHROMIUM = Path(os.environ.get("TOOLKIT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 SCREENSHOT = REPO / "tests" / "artifacts" / "search-page.png"
+# Copied by hand to docs/recommend-page.png when the page changes: a test run must not dirty the tree.
+RECOMMEND_SCREENSHOT = REPO / "tests" / "artifacts" / "recommend-page.png"
 SETUP_HINT = "run `scripts/setup --with-browser` (installs Debian's chromium and Playwright)"
 
 
@@ -86,13 +89,15 @@ def distinct_photo(catalog) -> dict:
     raise AssertionError("every photo has a near-duplicate")
 
 
-def cards(page) -> list[dict]:
-    return page.eval_on_selector_all(".card", """(cards) => cards.map((c) => ({
+def cards(page, scope: str = "#results") -> list[dict]:
+    return page.eval_on_selector_all(f"{scope} .card", """(cards) => cards.map((c) => ({
         product: c.dataset.productId,
         title: c.querySelector(".title").textContent,
         buy: c.querySelector(".buy") && c.querySelector(".buy").href,
         loaded: c.querySelector("img").complete && c.querySelector("img").naturalWidth > 0,
         moment: c.querySelector(".moment").hidden ? null : c.querySelector(".moment").textContent,
+        reason: c.querySelector(".reason").hidden ? null : c.querySelector(".reason").textContent,
+        score: c.querySelector(".score").textContent,
     }))""")
 
 
@@ -149,3 +154,77 @@ def test_pick_a_photo_filter_to_videos_and_see_the_moment(page, catalog):
     page.click("#photo-clear")
     expect(page.locator("#photo-preview")).to_be_hidden()
     assert not page.errors, page.errors
+
+
+@pytest.fixture(scope="module")
+def shoppers(catalog):
+    """Purchases of the catalog's products, trained as `toolkit recommend train` would: the first product
+    is bought with the second in three baskets and with the third in two."""
+    from datetime import datetime
+
+    from toolkit.recommend.records import Event
+
+    a, b, c, d = (f"P{catalog.rows[n]['id']}" for n in (0, 9, 17, 30))
+    baskets = {"u1": [a, b], "u2": [a, b], "u3": [a, b, d], "u4": [a, c], "u5": [a, c]}
+    rec = catalog.toolkit.recommend
+    report = rec.record([Event(user, item, datetime(2024, 3, day)) for day, (user, items) in
+                         enumerate(baskets.items(), 1) for item in items])
+    assert report.added == 11 and not report.bad
+    rec.train()
+    return {"a": a, "b": b, "c": c}
+
+
+def test_shopping_as_a_customer_shows_their_picks_and_a_products_bought_together(browser, base_url, catalog,
+                                                                                   shoppers):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1280, "height": 1150})
+    page = context.new_page()
+    errors, requests = [], []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("request", lambda req: requests.append(req.url))
+    page.goto(base_url)
+    rec, urls = catalog.toolkit.recommend, catalog.urls()
+
+    page.fill("#shopper", "u1")
+    page.press("#shopper", "Enter")
+    expect(page.locator("#picked .about")).to_have_text("for u1")
+    expected = rec.for_user("u1", k=8).picks
+    expect(page.locator("#picked .card")).to_have_count(len(expected))
+    page.wait_for_function(VISIBLE_IMAGES_LOADED)
+    picked = cards(page, "#picked")
+    assert [(c["product"], c["reason"]) for c in picked] == [(p.product_id, p.reason) for p in expected]
+    assert len(picked) >= 3 and {shoppers["c"]} <= {c["product"] for c in picked}  # bought with what u1 bought
+    assert all(c["title"] and c["buy"] in urls and c["loaded"] and c["score"].startswith("score ") for c in picked)
+    by_product = {c["product"]: c for c in picked}
+    assert by_product[shoppers["a"]]["reason"] == "buy it again: you bought it on 2024-03-01"
+    assert all(c["reason"].startswith(("buy it again", "because you bought ", "looks like ", "trending"))
+               and not re.search(r"\bP\d+\b", c["reason"]) for c in picked), picked  # titles, not ids
+
+    page.locator(f"#picked .card[data-product-id='{shoppers['a']}'] .more").click()
+    a_title = by_product[shoppers["a"]]["title"]
+    expect(page.locator("#together .about")).to_have_text(f"with “{a_title}”")
+    expect(page.locator("#status")).to_contain_text(f"like “{a_title}”")
+    together = [p.product_id for p in rec.together(shoppers["a"], k=8).picks]
+    assert together[:2] == [shoppers["b"], shoppers["c"]]
+    expect(page.locator("#together .card")).to_have_count(len(together))
+    page.wait_for_function(VISIBLE_IMAGES_LOADED)
+    strip = cards(page, "#together")
+    assert [c["product"] for c in strip] == together
+    assert strip[0]["reason"].startswith("bought together: confidence 0.60, lift ")
+    assert all(c["buy"] in urls and c["loaded"] for c in strip)
+    assert cards(page)  # results like the product stay below both strips
+    RECOMMEND_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(RECOMMEND_SCREENSHOT), full_page=False)
+
+    page.reload()  # the shopper is remembered
+    expect(page.locator("#picked .card")).to_have_count(len(expected))
+    page.fill("#shopper", "nobody")
+    page.press("#shopper", "Enter")
+    expect(page.locator("#picked .note")).to_contain_text("no events for user 'nobody': trending")
+    expect(page.locator("#picked .card").first).to_be_attached()
+
+    assert not errors, errors
+    assert all(u.startswith((base_url, "blob:", "data:")) for u in requests), requests
+    context.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import REPO, ColourEmbedder
+from tests.helpers import REPO
 from tests.service_helpers import running_server
 
 HM = Path(os.environ.get("TOOLKIT_HM_DATA", REPO.parent / "shared" / "data" / "hm"))
@@ -46,7 +46,7 @@ def tk(hm, tmp_path_factory):
     from toolkit.core import Toolkit
 
     data = tmp_path_factory.mktemp("hm-data")
-    tk = Toolkit(data_dir=data, embedder=ColourEmbedder())
+    tk = Toolkit(data_dir=data)  # the model the CLI and the server use too: models are built beside its collection
     rec = tk.recommend
     assert rec.import_items(hm / "articles.csv").bad == []
     assert rec.import_users(hm / "customers.csv").added == 1364

@@ -38,10 +38,10 @@ u4,d1,2024-03-07
 """
 
 
-def shop(folder):
+def shop(folder, catalog=None):
     for name, text in (("items.csv", ITEMS), ("users.csv", USERS), ("events.csv", EVENTS)):
         (folder / name).write_text(text)
-    r = Recommender(folder / "data")
+    r = Recommender(folder / "data", catalog=lambda: catalog)
     r.import_items(folder / "items.csv")
     r.import_users(folder / "users.csv")
     assert r.import_events(folder / "events.csv").added == 13
@@ -81,6 +81,29 @@ def test_a_product_no_basket_holds_is_an_empty_list_with_a_reason_or_its_lookali
     assert ids(result) == ["b1"] and result.picks[0].source == "together-lookalike"
     assert result.picks[0].reason.startswith("bought with Strap top black, which looks like it (confidence 0.50")
 
+
+
+def test_a_product_only_the_vector_store_holds_is_known_by_its_looks_and_picks_take_the_stores_cards(rec):
+    from toolkit.errors import NotFoundError
+    from toolkit.recommend.records import Item
+
+    def neighbours(product_id, n):  # as Toolkit.more_like_this answers: unknown ids are an error
+        if product_id != "s1":
+            raise NotFoundError(f"no product or media '{product_id}' in the store")
+        return ["a1"]
+
+    def products(product_ids):  # the store's cards; the items table's fields win where it has them
+        return {i: Item(i, title=f"Store title {i}", price=1.0, media_id=f"m-{i}", tags={"colour": "Blue"})
+                for i in product_ids if i in ("s1", "b1", "a1")}
+
+    looks = Recommender(rec.data_dir, store=rec.events, neighbours=neighbours, products=products)
+    result = looks.together("s1")
+    assert ids(result) == ["b1"] and result.picks[0].source == "together-lookalike"
+    pick = result.picks[0]
+    assert (pick.title, pick.price, pick.media_id, pick.tags) == ("Denim skirt", 20, "m-b1", {"colour": "Blue"})
+    assert pick.reason.startswith("bought with Strap top black, which looks like it")
+    with pytest.raises(UnknownProduct, match="product 'zzz' is in neither"):
+        looks.together("zzz")
 
 def test_a_known_user_gets_their_purchases_again_first_then_new_things_with_reasons(rec):
     result = rec.for_user("u1", k=5)
@@ -186,3 +209,44 @@ def test_content_picks_reach_a_product_nobody_bought_by_its_looks(tmp_path):
     result = rec.for_user("u1", k=2)
     assert ids(result)[0] == "n1" and result.picks[0].reason == "looks like Strap top black"
     assert rec.models().content_model == "test-model"
+
+
+def test_models_are_kept_per_collection_and_refused_for_another_collection_or_model(tmp_path):
+    from toolkit.recommend.errors import StaleModels
+    from toolkit.recommend.models import Catalog
+
+    trained = Catalog("catalog", "id-1", "clip-a")
+    first = shop(tmp_path, trained)
+    assert first.models_path == tmp_path / "data" / "recommend" / "catalog" / "models.pkl"
+    assert first.models().catalog == trained.as_dict()
+
+    def serving(catalog):
+        return Recommender(tmp_path / "data", catalog=lambda: catalog)
+
+    assert ids(serving(trained).together("a1")) == ["b1"]
+    for other, why in ((Catalog("catalog", "id-2", "clip-a"), "collection 'catalog' (model clip-a)"),
+                       (Catalog("catalog", "id-1", "clip-b"), "collection 'catalog' (model clip-b)"),
+                       (Catalog("catalog-v2", "id-3", "clip-b"), "collection 'catalog-v2' (model clip-b)")):
+        with pytest.raises(StaleModels) as caught:
+            serving(other).together("a1")
+        message = str(caught.value)
+        assert "\n" not in message and why in message and message.endswith("run `toolkit recommend train`")
+
+    retrained = serving(Catalog("catalog-v2", "id-3", "clip-b"))
+    retrained.train()
+    assert ids(retrained.together("a1")) == ["b1"]
+    assert ids(serving(trained).together("a1")) == ["b1"]  # the first collection's models are still there
+
+
+def test_models_an_older_toolkit_wrote_are_refused_with_the_fix(tmp_path):
+    import pickle
+
+    from toolkit.recommend.errors import StaleModels
+
+    rec = shop(tmp_path)
+    models = rec.models()
+    models.format = 2
+    rec.models_path.write_bytes(pickle.dumps(models))
+    with pytest.raises(StaleModels, match=r"older toolkit; run `toolkit recommend train`$"):
+        Recommender(tmp_path / "data").together("a1")
+

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from toolkit.evaluation import EvalReport
     from toolkit.pipeline import ItemCallback, MediaCallback
     from toolkit.planning import DryRunReport
+    from toolkit.recommend.records import Item
     from toolkit.recommend.service import Recommender
     from toolkit.reindex import ReindexCallback, ReindexReport
 
@@ -362,5 +363,25 @@ class Toolkit:
 
                 return from_store(self.store) if self.store.count() else None
 
-            self._recommender = Recommender.for_settings(self.settings, neighbours=lookalikes, vectors=vectors)
+            def catalog():
+                from toolkit.recommend.models import Catalog
+
+                return Catalog(self.store.name, self.store.collection_id, self.store.model_id)
+
+            def products(ids: list[str]) -> "dict[str, Item]":
+                from toolkit.records import hit_from_metadata
+                from toolkit.recommend.records import Item
+
+                found: dict[str, Item] = {}
+                for record in self.store.get(where={"product_id": {"$in": ids}}):
+                    hit = hit_from_metadata(record.metadata, 0.0)
+                    # A photo shows the product whole; a video's frame may not.
+                    if hit.product_id and (hit.product_id not in found or hit.kind == "image"):
+                        found[hit.product_id] = Item(hit.product_id, hit.title, hit.price, hit.currency, hit.url,
+                                                     None, {k: str(v) for k, v in hit.attributes.items()},
+                                                     hit.media_id or None, hit.tags)
+                return found
+
+            self._recommender = Recommender.for_settings(self.settings, neighbours=lookalikes, vectors=vectors,
+                                                         catalog=catalog, products=products)
         return self._recommender

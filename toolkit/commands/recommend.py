@@ -195,7 +195,8 @@ def train(as_json: bool = _JSON) -> None:
     if as_json:
         print_json(report)
     else:
-        err.print(f"trained on {report.events} events ({report.users} users, {report.items} items) in "
+        built_for = f" for collection '{report.catalog['collection']}'" if report.catalog else ""
+        err.print(f"trained on {report.events} events ({report.users} users, {report.items} items){built_for} in "
                   f"{report.seconds:.1f} s -> {report.path}", highlight=False, soft_wrap=True)
 
 

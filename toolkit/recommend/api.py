@@ -26,18 +26,28 @@ class PickOut(BaseModel):
     title: str | None
     price: float | None
     currency: str | None
-    url: str | None = Field(description="Where to buy the product (the items table's link).")
-    image_url: str | None = Field(description="The product's picture, when the items table has one.")
+    url: str | None = Field(description="Where to buy the product (the items table's link, else the catalog's).")
+    image_url: str | None = Field(description="The product's picture: the items table's http(s) link, else "
+                                              "the store's photo of it, served by this service (/media/...).")
     score: float
     reason: str = Field(description="Why it was picked: the rule with its confidence and lift, "
                                     "\"because you bought ...\", \"trending in ...\".")
     source: str = Field(description="The signal that picked it: together, repurchase, item, als, variant, trending.")
     attributes: dict[str, str]
+    tags: dict[str, str] = Field(default_factory=dict, description="The product photo's tags, as on search hits.")
 
     @classmethod
     def of(cls, p: Pick) -> "PickOut":
+        """An items table's image may be a path no browser can fetch: then the store's photo, which this
+        service serves."""
+        image = p.image if _web_link(p.image) else (f"/media/{p.media_id}" if p.media_id else None)
         return cls(product_id=p.product_id, title=p.title, price=p.price, currency=p.currency, url=p.url,
-                   image_url=p.image, score=p.score, reason=p.reason, source=p.source, attributes=p.attributes)
+                   image_url=image, score=p.score, reason=p.reason, source=p.source, attributes=p.attributes,
+                   tags=p.tags)
+
+
+def _web_link(url: str | None) -> bool:
+    return bool(url) and url.lower().startswith(("http://", "https://"))
 
 
 class PicksOut(BaseModel):

@@ -1,7 +1,7 @@
 """The recommendation wing's exceptions, placed under the toolkit's own so the CLI and the API map them as usual."""
 from __future__ import annotations
 
-from toolkit.errors import NotFoundError, QueryError, StoreError
+from toolkit.errors import ModelMismatchError, NotFoundError, QueryError, StoreError
 
 
 class EventsError(QueryError):
@@ -14,3 +14,7 @@ class EventsLocked(StoreError):
 
 class UnknownProduct(NotFoundError):
     """A recommendation names a product the events and items have never seen."""
+
+
+class StaleModels(ModelMismatchError):
+    """The trained models were built from another collection or embedding model than the one in use."""

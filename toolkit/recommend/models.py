@@ -23,7 +23,7 @@ from toolkit.recommend.rules import Complement, complements
 from toolkit.recommend.segments import segment
 from toolkit.recommend.trending import decayed_counts
 
-FORMAT = 2
+FORMAT = 3
 #: Item attribute that names the garment shared by its colours (H&M's first 7 digits of article_id).
 VARIANT_ATTRIBUTE = "product_code"
 
@@ -63,6 +63,8 @@ class Models:
     #: The store's vector of each item (rows as data.items; zeros where none), and the model that made them.
     content: np.ndarray | None = None
     content_model: str | None = None
+    #: The collection the models were built beside (`Catalog.as_dict()`); None when no store was attached.
+    catalog: dict | None = None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,11 +75,34 @@ class Models:
 
     @staticmethod
     def load(path: Path) -> "Models | None":
+        """The models at `path`; None where an older toolkit wrote them (their fields may not fit this one)."""
         if not path.is_file():
             return None
         with path.open("rb") as f:
             models = pickle.load(f)
         return models if getattr(models, "format", None) == FORMAT else None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What a trained model depends on in the vector store: the collection (its name and Chroma's id, which
+    changes when a collection is dropped and made again) and the embedding model that filled it."""
+
+    collection: str
+    collection_id: str
+    model_id: str
+
+    def as_dict(self) -> dict:
+        return {"collection": self.collection, "collection_id": self.collection_id, "model_id": self.model_id}
+
+    def describe(self) -> str:
+        return f"collection '{self.collection}' (model {self.model_id})"
+
+
+def describe(catalog: dict | None) -> str:
+    if not catalog:
+        return "no collection"
+    return f"collection '{catalog.get('collection')}' (model {catalog.get('model_id')})"
 
 
 def build(events: pd.DataFrame, now: datetime, stamp: str, users: Mapping[str, Mapping[str, str]],

@@ -68,6 +68,18 @@ class Item:
     url: str | None = None
     image: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    #: The product's photo in the vector store, for a service that serves it (`/media/{media_id}`).
+    media_id: str | None = None
+    #: The product photo's tags in the vector store, as search hits show them.
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def filled_from(self, other: "Item | None") -> "Item":
+        """This item, with what it lacks taken from `other` (the store's card of the same product)."""
+        if other is None:
+            return self
+        return Item(self.product_id, self.title or other.title, self.price if self.price is not None else other.price,
+                    self.currency or other.currency, self.url or other.url, self.image or other.image,
+                    self.attributes or other.attributes, self.media_id or other.media_id, self.tags or other.tags)
 
 
 @dataclass
@@ -84,6 +96,8 @@ class Pick:
     url: str | None = None
     image: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    media_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

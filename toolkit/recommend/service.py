@@ -20,10 +20,10 @@ import pandas as pd
 
 from toolkit.errors import ToolkitError
 from toolkit.recommend import picks as ranking
-from toolkit.recommend.errors import UnknownProduct
+from toolkit.recommend.errors import StaleModels, UnknownProduct
 from toolkit.recommend.events import EventStore
 from toolkit.recommend.filters import Where, clauses, matches
-from toolkit.recommend.models import Models, Options, StepCallback, build
+from toolkit.recommend.models import Catalog, Models, Options, StepCallback, build, describe
 from toolkit.recommend.picks import Candidate, Weights
 from toolkit.recommend.records import Event, ImportReport, Item, Pick, Picks, Rule
 from toolkit.recommend.segments import segment
@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 Neighbours = Callable[[str, int], list[str]]
 #: The store's vector of each product (content picks), or None when the store has none.
 VectorSource = Callable[[], "ItemVectors | None"]
+#: The vector store's collection and model the models are built beside, or None without a store.
+CatalogSource = Callable[[], "Catalog | None"]
+#: The vector store's card (title, price, link, photo) of each of some products: what the items table lacks.
+ProductSource = Callable[[list[str]], "dict[str, Item]"]
+MODELS_FILE = "models.pkl"
+TRAIN_HINT = "run `toolkit recommend train`"
 ALL_TYPES = ("purchase", "cart", "view")
 #: A session (no account, a few views): what was bought with what they look at leads; nothing was bought.
 SESSION_WEIGHTS = Weights(repurchase=0, repurchase_days=0, item=1.0, als=0.3, trending=0.3, variant=0.5)
@@ -51,14 +57,20 @@ class TrainReport:
     path: str
     seconds: float
     steps: dict[str, float] = field(default_factory=dict)
+    #: The collection and model the models were built beside (None without a vector store).
+    catalog: dict | None = None
 
 
 class Recommender:
     def __init__(self, data_dir: Path, *, store: EventStore | None = None, neighbours: Neighbours | None = None,
                  read_s3: ReadS3 | None = None, options: Options | None = None, weights: Weights | None = None,
-                 vectors: VectorSource | None = None) -> None:
+                 vectors: VectorSource | None = None, catalog: CatalogSource | None = None,
+                 products: ProductSource | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self._products = products
         self._vectors = vectors
+        self._catalog_source = catalog
+        self._catalog: tuple[Catalog | None] | None = None
         self._store = store
         self._neighbours = neighbours
         self._read_s3 = read_s3
@@ -71,7 +83,8 @@ class Recommender:
 
     @classmethod
     def for_settings(cls, settings: "Settings", neighbours: Neighbours | None = None,
-                     vectors: VectorSource | None = None) -> "Recommender":
+                     vectors: VectorSource | None = None, catalog: CatalogSource | None = None,
+                     products: ProductSource | None = None) -> "Recommender":
         def read_s3(uri: str) -> bytes:
             import boto3
 
@@ -79,7 +92,8 @@ class Recommender:
             client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
-        return cls(settings.data_dir, neighbours=neighbours, read_s3=read_s3, vectors=vectors)
+        return cls(settings.data_dir, neighbours=neighbours, read_s3=read_s3, vectors=vectors, catalog=catalog,
+                   products=products)
 
     @property
     def events(self) -> EventStore:
@@ -88,8 +102,18 @@ class Recommender:
         return self._store
 
     @property
+    def catalog(self) -> Catalog | None:
+        """The collection in use, asked once: a Toolkit keeps one collection for its life."""
+        if self._catalog is None:
+            self._catalog = (self._catalog_source() if self._catalog_source else None,)
+        return self._catalog[0]
+
+    @property
     def models_path(self) -> Path:
-        return self.data_dir / "recommend" / "models.pkl"
+        """One folder per collection, so that training for one collection never replaces another's models."""
+        root = self.data_dir / "recommend"
+        catalog = self.catalog
+        return root / catalog.collection / MODELS_FILE if catalog else root / MODELS_FILE
 
     # -- importing ---------------------------------------------------------------------------------
 
@@ -126,27 +150,53 @@ class Recommender:
         with self._lock:
             self._models, self._models_mtime = models, self.models_path.stat().st_mtime
         return TrainReport(self.events.count(), len(models.data.users), len(models.data.items), str(self.models_path),
-                           round(time.perf_counter() - started, 2), models.seconds)
+                           round(time.perf_counter() - started, 2), models.seconds, models.catalog)
 
     def models(self) -> Models:
         """The models `train` built (read again when it runs anew); without them, built now, in memory."""
         with self._lock:
-            mtime = self.models_path.stat().st_mtime if self.models_path.is_file() else None
+            path = self.models_path
+            mtime = path.stat().st_mtime if path.is_file() else None
             if mtime is not None and mtime != self._models_mtime:
-                loaded = Models.load(self.models_path)
-                if loaded is not None:
-                    self._models, self._models_mtime = loaded, mtime
+                loaded = Models.load(path)
+                if loaded is None:
+                    raise StaleModels(f"the recommendation models in {path} were written by an older toolkit; "
+                                      f"{TRAIN_HINT}")
+                self._check(loaded, path)
+                self._models, self._models_mtime = loaded, mtime
             if self._models is None:
+                if mtime is None:
+                    self._refuse_others()
                 self._models = self._build(None)
             return self._models
+
+    def _check(self, models: Models, path: Path) -> None:
+        current = self.catalog.as_dict() if self.catalog else None
+        if models.catalog != current:
+            now = self.catalog.describe() if self.catalog else "no collection"
+            raise StaleModels(f"the recommendation models in {path} were built from {describe(models.catalog)}, "
+                              f"not {now} in use; {TRAIN_HINT}")
+
+    def _refuse_others(self) -> None:
+        """Models trained for another collection (before a reindex or `collections use`) must not pass for
+        this one's; building afresh in memory would hide that a train is due."""
+        root = self.data_dir / "recommend"
+        others = sorted(p for p in root.glob(f"**/{MODELS_FILE}") if p != self.models_path)
+        if others:
+            now = self.catalog.describe() if self.catalog else "no collection"
+            built = f"collection '{others[0].parent.name}'" if others[0].parent != root else "an older toolkit"
+            raise StaleModels(f"no recommendation models for {now}; those in {others[0]} were built for {built}; "
+                              f"{TRAIN_HINT}")
 
     def _build(self, on_step: StepCallback | None) -> Models:
         store = self.events
         latest = store.latest()
         now = (latest + timedelta(seconds=1)) if latest else datetime.now()
         items = {i: it.attributes for i, it in store.items().items()}
-        return build(store.frame(types=ALL_TYPES), now, store.stamp(), store.users(), items, self.options, on_step,
-                     vectors=self.item_vectors())
+        models = build(store.frame(types=ALL_TYPES), now, store.stamp(), store.users(), items, self.options, on_step,
+                       vectors=self.item_vectors())
+        models.catalog = self.catalog.as_dict() if self.catalog else None
+        return models
 
     def item_vectors(self) -> "ItemVectors | None":
         """The store's product vectors for content picks; None without a store or products in it."""
@@ -164,9 +214,9 @@ class Recommender:
         A product no basket holds gets the complements of the products that look like it, marked so."""
         models = self.models()
         known = product_id in models.data.item_index or bool(self.events.items([product_id]))
-        if not known:
-            raise UnknownProduct(f"product {product_id!r} is in neither the events nor the items; "
-                                 "import it with `toolkit events items` or `toolkit events import`")
+        if not known and not self._in_store(product_id):
+            raise UnknownProduct(f"product {product_id!r} is in neither the events nor the items (nor the vector "
+                                 "store); import it with `toolkit events items` or `toolkit events import`")
         found = ranking.together(models, product_id, _pool(k, where))
         via: dict[str, str] = {}
         note = None
@@ -178,6 +228,16 @@ class Recommender:
                     if not found else "no complement meets the filters")
         out.note = note
         return out
+
+    def _in_store(self, product_id: str) -> bool:
+        """Whether the vector store holds the product: a tagged product nobody bought yet is known by its looks."""
+        if self._neighbours is None:
+            return False
+        try:
+            self._neighbours(product_id, 1)
+        except ToolkitError:
+            return False
+        return True
 
     def _together_by_looks(self, models: Models, product_id: str, k: int) -> tuple[list[Candidate], dict[str, str], str | None]:
         if self._neighbours is None:
@@ -265,19 +325,36 @@ class Recommender:
                 reason: Callable[[Candidate, dict[str, Item]], str]) -> Picks:
         wanted = clauses(where)
         items = self._items()
-        out = []
+        chosen = []
         for c in found:
             if min_score is not None and c.score < min_score:
                 continue
-            item = items.get(c.item_id)
-            if wanted and not matches(item, wanted):
+            if wanted and not matches(items.get(c.item_id), wanted):
                 continue
-            item = item or Item(c.item_id)
-            out.append(Pick(c.item_id, round(c.score, 6), reason(c, items), c.source, item.title, item.price,
-                            item.currency, item.url, item.image, item.attributes))
-            if len(out) >= k:
+            chosen.append(c)
+            if len(chosen) >= k:
                 break
+        shown = self._cards(items, [c.item_id for c in chosen] + [c.because for c in chosen if c.because])
+        out = []
+        for c in chosen:
+            item = shown.get(c.item_id) or Item(c.item_id)
+            out.append(Pick(c.item_id, round(c.score, 6), reason(c, shown), c.source, item.title, item.price,
+                            item.currency, item.url, item.image, item.attributes, item.media_id, item.tags))
         return Picks(out)
+
+    def _cards(self, items: dict[str, Item], ids: list[str]) -> dict[str, Item]:
+        """The items table's entries of `ids`, filled from the store's cards where they lack a title or photo
+        (a shop that tagged its photos with a catalog need not import its products again as items)."""
+        shown = {i: items[i] for i in ids if i in items}
+        missing = sorted({i for i in ids if not (i in shown and shown[i].title and shown[i].image)})
+        if missing and self._products is not None:
+            try:
+                cards = self._products(missing)
+            except ToolkitError:
+                cards = {}
+            for i, card in cards.items():
+                shown[i] = shown[i].filled_from(card) if i in shown else card
+        return shown
 
     @staticmethod
     def _title(items: Mapping[str, Item], item_id: str | None) -> str:

@@ -117,7 +117,8 @@ function card(hit) {
   node.dataset.productId = hit.product_id || "";
   node.dataset.mediaId = hit.media_id;
   const img = node.querySelector("img");
-  img.src = hit.image_url;
+  if (hit.image_url) img.src = hit.image_url;
+  else img.hidden = true;  // a pick whose items table and store hold no picture
   img.alt = hit.title || "Product photo";
   if (hit.kind === "video" && hit.timestamp !== null) {
     const moment = node.querySelector(".moment");
@@ -136,12 +137,84 @@ function card(hit) {
   const buy = node.querySelector(".buy");
   if (isWebLink(hit.url)) buy.href = hit.url;
   else buy.remove();
-  node.querySelector(".more").addEventListener("click", () => {
-    const id = hit.product_id || hit.media_id;
-    run((opts) => searchSimilar(id, opts), `like “${hit.title || id}”`);
-    window.scrollTo({ top: 0, behavior: "smooth" });
-  });
+  if (hit.reason) {
+    const reason = node.querySelector(".reason");
+    reason.textContent = hit.reason;
+    reason.hidden = false;
+  }
+  node.querySelector(".more").addEventListener("click", () => viewProduct(hit));
   return node;
+}
+
+// A product in view: more like it below, and what shoppers bought with it above.
+function viewProduct(hit) {
+  const id = hit.product_id || hit.media_id;
+  run((opts) => searchSimilar(id, opts), `like “${hit.title || id}”`);
+  if (hit.product_id) showTogether(hit.product_id, hit.title || hit.product_id);
+  else $("together").hidden = true;
+  window.scrollTo({ top: 0, behavior: "smooth" });
+}
+
+// -- recommendation strips ----------------------------------------------------------------
+
+const STRIP_K = 8;
+
+// Picks carry what a search hit shows, plus why each was picked; no media id, so no video moment.
+function pickCard(pick) {
+  return card({ ...pick, media_id: "", kind: "image", timestamp: null, tags: pick.tags || {} });
+}
+
+function fillStrip(id, about, result, error) {
+  const strip = $(id);
+  strip.querySelector(".about").textContent = about;
+  const picks = result ? result.picks : [];
+  strip.querySelector(".row").replaceChildren(...picks.map(pickCard));
+  const note = strip.querySelector(".note");
+  note.textContent = error ? error.message : (result.note || (picks.length ? "" : "Nothing to show yet."));
+  note.hidden = !note.textContent;
+  note.classList.toggle("error", Boolean(error));
+  strip.hidden = false;
+}
+
+async function showTogether(productId, title) {
+  try {
+    const result = await call(`/api/recommend/together/${encodeURIComponent(productId)}?k=${STRIP_K}`);
+    fillStrip("together", `with “${title}”`, result);
+  } catch (err) {
+    fillStrip("together", `with “${title}”`, null, err);
+  }
+}
+
+async function showPicks(user) {
+  if (!user) {
+    $("picked").hidden = true;
+    return;
+  }
+  try {
+    const result = await call(`/api/recommend/user/${encodeURIComponent(user)}?k=${STRIP_K}`);
+    fillStrip("picked", `for ${user}`, result);
+  } catch (err) {
+    fillStrip("picked", `for ${user}`, null, err);
+  }
+}
+
+// The shopper stays chosen across visits, as a signed-in shop would remember them.
+const SHOPPER_KEY = "toolkit.shopper";
+
+function wireShopper() {
+  const input = $("shopper");
+  $("shopper-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const user = input.value.trim();
+    if (user) localStorage.setItem(SHOPPER_KEY, user);
+    else localStorage.removeItem(SHOPPER_KEY);
+    showPicks(user);
+  });
+  const saved = localStorage.getItem(SHOPPER_KEY);
+  if (saved) {
+    input.value = saved;
+    showPicks(saved);
+  }
 }
 
 // Catalog links come from a CSV: only http(s) may become a clickable link, never javascript:.
@@ -263,5 +336,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); searchFromInputs(); });
   wireDropZone();
   wireFilters();
+  wireShopper();
   loadFacets();
 });
