@@ -137,3 +137,22 @@ def test_a_store_moved_to_a_machine_that_picks_another_precision_searches_alike(
         assert [a[0] for a in same] == [b[0] for b in moved]  # each photo finds itself first
         overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(same, moved)])
         assert overlap >= 0.9, (tagged_with, searched_with, overlap)
+
+
+def test_model_info_and_config_say_which_precision_is_in_force_and_why(tmp_path):
+    from tests.test_cli import run
+
+    env = {"TOOLKIT_DATA_DIR": str(tmp_path / "fresh")}
+    before = run("config", "--json", env=env)
+    assert before.returncode == 0 and "not measured on this machine yet" in json.loads(before.stdout)["precision_in_force"]
+    info = run("model", "info", env=env)
+    assert info.returncode == 0, info.stderr
+    line = next(l for l in info.stdout.splitlines() if l.startswith("precision: "))
+    in_force = line.split()[1]
+    assert in_force in ("int8", "fp32") and "(TOOLKIT_PRECISION=auto): " in line
+    assert ("matches fp32" in line) if in_force == "int8" else ("strays" in line or "as fast" in line)
+    assert any(l.startswith("machine: ") and machine_facts()["cpu"] in l for l in info.stdout.splitlines())
+    after = json.loads(run("config", "--json", env=env).stdout)["precision_in_force"]
+    assert after.startswith(f"{in_force}: ") and after.split(": ", 1)[1] in line
+    assert json.loads(run("config", "--json", env={**env, "TOOLKIT_PRECISION": "fp32"}).stdout)[
+        "precision_in_force"] == "fp32 (asked for)"

@@ -24,8 +24,10 @@ def precision_in_force(settings: Settings) -> str:
     """The offline image backbone's precision on this machine and why, as last measured here."""
     if settings.model != "offline":
         return f"not used by TOOLKIT_MODEL={settings.model}"
-    if settings.precision == "fp32" or settings.runtime == "torch":
+    if settings.precision == "fp32":
         return "fp32 (asked for)"
+    if settings.runtime == "torch":
+        return "fp32 (TOOLKIT_RUNTIME=torch: PyTorch runs fp32)"
     from taggers.precision import latest_choice
 
     choice = latest_choice(settings.data_dir / "cache", settings.precision)
