@@ -228,8 +228,9 @@ class ChromaStore:
     def note_made_with(self, line: str) -> None:
         """Record a machine's precision and CPU on the collection, once each (at most MADE_WITH_MAX
         kept, the newest last): a store moved between machines says where its vectors came from."""
-        seen = [m for m in self.made_with if m != line]
-        if seen + [line] == self.made_with:
+        before = self.made_with
+        seen = [m for m in before if m != line]
+        if seen + [line] == before:
             return
         kept = (seen + [line])[-MADE_WITH_MAX:]
         # Chroma replaces a collection's metadata whole on modify: keep the rest.
