@@ -35,7 +35,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 from common import free_port, machine, say  # noqa: E402
 from toolkit.core import Toolkit  # noqa: E402
-from toolkit.settings import load_settings  # noqa: E402
+from toolkit.ground.settings import load_settings  # noqa: E402
 
 DEFAULT_PHOTOS = ROOT.parent / "shared" / "data" / "fashion-products"
 RESULTS = ROOT / "bench" / "results" / "api_latency.json"
@@ -89,7 +89,7 @@ def build_store(tk: Toolkit, photos: Path, styles: list[dict], cache: Path) -> N
 def start_server(cache: Path, collection: str, threads: int, port: int) -> subprocess.Popen:
     env = {**os.environ, "TOOLKIT_DATA_DIR": str(cache), "TOOLKIT_COLLECTION": collection,
            "TOOLKIT_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.faces.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=cache, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx
 

@@ -6,6 +6,6 @@ from common import CACHE  # noqa: E402
 
 def embedder(**settings):
     from toolkit.core import Toolkit
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     return Toolkit(load_settings(data_dir=CACHE / "warm", **settings)).embedder

@@ -24,12 +24,12 @@ t = time.perf_counter(); laps = {}
 def lap(name):
     global t
     now = time.perf_counter(); laps[name] = round(now - t, 3); t = now
-import toolkit.cli; lap("import the CLI")
+import toolkit.faces.cli; lap("import the CLI")
 from toolkit.core import Toolkit
 tk = Toolkit(); e = tk.embedder; e.model_id; e.dim; lap("which model (store pointer, heads hash)")
 v = e.embed_texts(["red summer dress"]); lap("load text model + embed")
 s = tk.store; lap("open the store")
-from toolkit.search import search_vector
+from toolkit.search.query import search_vector
 search_vector(s, v[0], 10); lap("query")
 print(json.dumps(laps))
 """

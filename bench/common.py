@@ -27,9 +27,9 @@ PHOTOS = Path(os.environ.get("TOOLKIT_SHARED_DATA", ROOT.parent / "shared" / "da
 
 def machine(precision: str | None = None) -> dict[str, object]:
     """What every file under bench/results records about where it was measured: the CPU, its
-    int8-relevant flags, the ONNX Runtime version (toolkit/machine.py), cores, Python, and the image
+    int8-relevant flags, the ONNX Runtime version (toolkit/ground/machine.py), cores, Python, and the image
     backbone precision the figures used (TOOLKIT_PRECISION when not given)."""
-    from toolkit.machine import machine_facts
+    from toolkit.ground.machine import machine_facts
 
     return {**machine_facts(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
             "precision": precision or os.environ.get("TOOLKIT_PRECISION") or "auto"}

@@ -44,7 +44,7 @@ def cpu_s() -> float:
 
 def embedder_alone(emb, n: int, batch: int = 32) -> dict:
     """Images a second through embed_images on photos decoded beforehand (no I/O, no store)."""
-    from toolkit.media import decode_image
+    from toolkit.media.decode import decode_image
 
     images = [decode_image(p.read_bytes(), name=str(p)) for p in photo_paths(n)]
     emb.embed_images(images[:batch])  # warm: sessions built, first-run allocations done
@@ -60,7 +60,7 @@ def embedder_alone(emb, n: int, batch: int = 32) -> dict:
 def tag_run(emb, source: str, n: int, server_pid: int | None = None, **settings) -> dict:
     """One `toolkit tag` of `source` into a new store, with a warm model (loading is cold start's part)."""
     from toolkit.core import Toolkit
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         tk = Toolkit(load_settings(data_dir=Path(tmp), **settings), embedder=emb)
@@ -132,7 +132,7 @@ def peak_memory(n: int) -> float:
 
 def memory_child(n: int) -> None:
     from toolkit.core import Toolkit
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         Toolkit(load_settings(data_dir=Path(tmp))).tag(str(photo_folder(n)), tagger="local")

@@ -20,15 +20,15 @@ import numpy as np
 
 from common import PHOTOS, RESULTS, machine, say
 
-from taggers.offline_model import OfflineEmbedder  # noqa: E402
-from taggers.precision import parity  # noqa: E402
-from toolkit.split import rows_for  # noqa: E402
+from taggers.offline.model import OfflineEmbedder  # noqa: E402
+from taggers.offline.precision import parity  # noqa: E402
+from toolkit.training.split import rows_for  # noqa: E402
 
 PRECISIONS = ("fp32", "auto", "int8")
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """`taggers.precision.parity` of embeddings `a` against fp32's `b` (cosine, nearest kept in
+    """`taggers.offline.precision.parity` of embeddings `a` against fp32's `b` (cosine, nearest kept in
     the top 3), plus the share of each photo's 5 nearest others that stay the same set."""
     p = parity(b, a)
     top_a, top_b = np.argsort(-(a @ a.T), axis=1)[:, 1:6], np.argsort(-(b @ b.T), axis=1)[:, 1:6]

@@ -5,7 +5,7 @@
         [--split eval|holdout]    (holdout: for heads trained with --hold-out)
 
 Prints a table and writes bench/results/quality.json (quality-int8.json for the int8 backbone,
-quality-holdout*.json for the holdout). Eval photos are never trained on (toolkit/split.py);
+quality-holdout*.json for the holdout). Eval photos are never trained on (toolkit/training/split.py);
 their features are cached by file hash, so re-runs are quick.
 Baselines: raw EfficientNet-Lite0 features, and a linear probe (logistic regression on
 train-split Lite0 features) whose class probabilities serve as embeddings; for a model on another
@@ -30,12 +30,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(ROOT / "bench"))
 
 from taggers.clip_local import LocalTagger  # noqa: E402
-from taggers.backbone_specs import LITE0, spec  # noqa: E402
-from taggers.offline_model import BACKBONE_DIM, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
-from toolkit.evaluation import (precision_at, query_ceilings, text_metrics, text_ranks,  # noqa: E402
+from taggers.offline.backbone_specs import LITE0, spec  # noqa: E402
+from taggers.offline.model import BACKBONE_DIM, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
+from toolkit.evaluation.run import (precision_at, query_ceilings, text_metrics, text_ranks,  # noqa: E402
                                 top_neighbours)
-from toolkit.split import rows_for, train_rows  # noqa: E402
-from toolkit.training import image_features  # noqa: E402
+from toolkit.training.split import rows_for, train_rows  # noqa: E402
+from toolkit.training.loop import image_features  # noqa: E402
 from common import machine  # noqa: E402
 
 ATTRS = ["articleType", "baseColour", "gender"]
@@ -78,7 +78,7 @@ def attribute_queries(model: OfflineEmbedder, img: np.ndarray, rows: list[dict],
     got = {a: by_k[f"p@{k}"] for a, by_k in precision_at(top, labels, ks=(k,), query_labels=asked).items()}
     out: dict = {"queries": len(queries), **{a: got[a] for a in named}, "all_three": got["all"]}
     out["mean"] = round(float(np.mean([out[a] for a in named])), 4)
-    # The best any ranking could do with this gallery's labels (toolkit/evaluation.py).
+    # The best any ranking could do with this gallery's labels (toolkit/evaluation/run.py).
     best = query_ceilings(labels, asked, k)
     out["ceiling"] = {**{a: best[a] for a in named}, "all_three": best["all"], "mean": best["mean"]}
     return out

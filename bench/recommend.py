@@ -199,7 +199,7 @@ def api_latency(data_dir: Path, requests: int) -> dict:
     import httpx
     import uvicorn
 
-    from toolkit.api import create_app
+    from toolkit.faces.api import create_app
     from toolkit.core import Toolkit
 
     tk = Toolkit(data_dir=data_dir)
@@ -317,7 +317,7 @@ def hm_vectors():
         from PIL import Image
 
         from toolkit import registry
-        from toolkit.settings import load_settings
+        from toolkit.ground.settings import load_settings
 
         embedder = registry.embedder(load_settings(data_dir=ROOT / "bench" / ".cache" / "toolkit"))
         paths = sorted((HM / "images").glob("*.jpg"))
@@ -332,8 +332,8 @@ def hm_vectors():
 
 def run_eval(args, result: dict) -> None:
     """`toolkit recommend eval` on H&M with content vectors: the table the README quotes."""
-    from toolkit.commands.recommend import format_eval
-    from toolkit.commands.output import to_jsonable
+    from toolkit.faces.commands.recommend import format_eval
+    from toolkit.faces.commands.output import to_jsonable
 
     with tempfile.TemporaryDirectory() as tmp:
         rec = hm_recommender(Path(tmp))

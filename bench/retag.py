@@ -34,7 +34,7 @@ def timed(tk, source: str, **kw) -> tuple[float, object]:
 
 def one_repeat(emb, folder: str, n: int) -> dict[str, float]:
     from toolkit.core import Toolkit
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         before = Toolkit(load_settings(data_dir=Path(tmp)), embedder=emb)

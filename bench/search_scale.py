@@ -139,7 +139,7 @@ def store_dir(n: int, kind: str, hnsw: dict) -> Path:
 
 def open_store(folder: Path, hnsw: dict | None = None):
     from store.chroma import ChromaStore
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     return ChromaStore.open(load_settings(data_dir=folder), "synthetic", model_id="synthetic", dim=DIM, hnsw=hnsw)
 

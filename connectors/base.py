@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterator, Protocol, runtime_checkable
 
-from toolkit.models import MediaRef
+from toolkit.ground.models import MediaRef
 
 
 @runtime_checkable

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 from urllib.parse import unquote, urlparse
 
-from toolkit.errors import MediaError, SourceError
-from toolkit.models import MediaRef
+from toolkit.ground.errors import MediaError, SourceError
+from toolkit.ground.models import MediaRef
 
 
 def to_path(uri: str) -> Path:

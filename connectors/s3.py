@@ -18,8 +18,8 @@ import zlib
 from typing import ClassVar, Iterator
 from urllib.parse import quote, urlparse, urlsplit
 
-from toolkit.errors import ConfigError, MediaError, SourceError
-from toolkit.models import MediaRef
+from toolkit.ground.errors import ConfigError, MediaError, SourceError
+from toolkit.ground.models import MediaRef
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

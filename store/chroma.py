@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from store.base import Match, Metadata, Record, recorded_model_id
-from toolkit.errors import ModelMismatchError, StoreError
+from toolkit.ground.errors import ModelMismatchError, StoreError
 
 if TYPE_CHECKING:
     from store.filtered import FilterIndex
-    from toolkit.settings import Settings
+    from toolkit.ground.settings import Settings
 
 #: Chroma 1.5 refuses add/upsert batches above 5,461 records.
 MAX_BATCH = 5000

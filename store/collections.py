@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from store.base import recorded_model_id
-from toolkit.errors import StoreError
+from toolkit.ground.errors import StoreError
 
 if TYPE_CHECKING:
-    from toolkit.settings import Settings
+    from toolkit.ground.settings import Settings
 
 #: The toolkit's own bookkeeping collection (never listed, never searched).
 META = "toolkit-collections"

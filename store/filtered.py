@@ -30,7 +30,7 @@ import numpy as np
 
 from store.base import Metadata, Record
 
-#: Only these keys are indexed: what `toolkit.filters` produces, minus the per-record unique
+#: Only these keys are indexed: what `toolkit.search.filters` produces, minus the per-record unique
 #: ones (ids, uris, titles), whose dictionaries would cost more memory than Chroma's scan.
 CATEGORICAL = ("kind", "currency")
 NUMERIC = ("price", "timestamp")

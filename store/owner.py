@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from toolkit.errors import StoreError
+from toolkit.ground.errors import StoreError
 
 try:
     import fcntl

@@ -18,11 +18,11 @@ from PIL import Image, ImageOps
 from taggers.label_mapping import LabelMapping
 from taggers.resilience import (CallStats, ItemFailed, Kind, Outcome, RateLimiter, RetryPolicy,
                                 call_with_retries, first_line, parse_retry_after, run_pool)
-from toolkit.errors import ConfigError
-from toolkit.models import Box, Media, Tag, TagResult
+from toolkit.ground.errors import ConfigError
+from toolkit.ground.models import Box, Media, Tag, TagResult
 
 if TYPE_CHECKING:
-    from toolkit.settings import Settings
+    from toolkit.ground.settings import Settings
 
 # Custom Vision limits for prediction (learn.microsoft.com, "Limits and quotas"):
 # 4 MB per image, at most 10,240 px a side; jpg, png, bmp and gif are accepted.

@@ -6,7 +6,7 @@ from typing import ClassVar, Iterator, Protocol, Sequence, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from toolkit.models import Media, TagResult
+from toolkit.ground.models import Media, TagResult
 
 
 @runtime_checkable
@@ -19,7 +19,7 @@ class Embedder(Protocol):
 
     # Optional, read with getattr by the pipeline and the local tagger:
     #   embed_images_with_features(images) -> (embeddings, features)  -- the features behind them
-    #   tag_heads() -> TagHeads | None  -- label classifiers over those features (taggers/tag_heads.py)
+    #   tag_heads() -> TagHeads | None  -- label classifiers over those features (taggers/offline/tag_heads.py)
     #   tags_id: str  -- their identity, part of the local tagger's version
     #   provenance() -> str | None  -- how this machine computed its image vectors (precision, CPU),
     #                                  recorded on the collection a tag run writes

@@ -5,7 +5,7 @@ the labels' text embeddings are computed once, and a photo gets, per group, the 
 whose prompt is nearest, with a softmax confidence over the group's labels (similarity
 times the model's learned logit scale). Under the threshold, the group gets no label.
 
-Where the model has label classifiers for a group (taggers/tag_heads.py) and the pipeline
+Where the model has label classifiers for a group (taggers/offline/tag_heads.py) and the pipeline
 gave the image features they read, the group's probabilities are a blend of both: a
 weighted mean of the two log-probabilities, normalised again. A group whose labels the
 classifier does not know (an edited vocabulary) keeps the prompts alone.
@@ -26,9 +26,9 @@ import numpy as np
 from taggers.base import Embedder
 
 if TYPE_CHECKING:
-    from taggers.tag_heads import TagHeads
-from toolkit.errors import ConfigError, TaggerError
-from toolkit.models import Media, Tag, TagResult
+    from taggers.offline.tag_heads import TagHeads
+from toolkit.ground.errors import ConfigError, TaggerError
+from toolkit.ground.models import Media, Tag, TagResult
 
 SHIPPED_VOCABULARY = Path(__file__).resolve().parent / "data" / "vocabulary.json"
 #: CLIP's own cap on its logit scale; used when an embedder exposes none.
@@ -107,7 +107,7 @@ class LocalTagger:
         model_id = getattr(self.embedder, "model_id", None)
         if not isinstance(model_id, str):
             return None
-        from taggers.offline_model import cache_dir
+        from taggers.offline.model import cache_dir
 
         spec = json.dumps([model_id, [(g.name, g.templates, g.labels) for g in self.groups]], sort_keys=True)
         cache = getattr(self.embedder, "cache", None) or cache_dir()  # the embedder's data dir when it has one
@@ -282,7 +282,7 @@ class LocalTagger:
         if not media.frames:
             raise TaggerError(f"{media.ref.key}: no frames to tag")
         images = [f.image for f in media.frames]
-        from toolkit.embedding import wants_features
+        from toolkit.ingest.embedding import wants_features
 
         if self.classifier_columns() and wants_features(self.embedder):
             embs, feats = self.embedder.embed_images_with_features(images)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from toolkit.errors import ModelError
+from toolkit.ground.errors import ModelError
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 _FIX = "set TOOLKIT_CLIP_MODEL to a local folder holding the CLIP model, or use TOOLKIT_MODEL=offline"

@@ -20,11 +20,11 @@ from taggers.gcs_staging import SCOPE, GcsStager
 from taggers.label_mapping import UNMAPPED_GROUP, LabelMapping
 from taggers.resilience import (CallStats, Cancelled, ItemFailed, Kind, Outcome, RateLimiter, RetryPolicy,
                                 call_with_retries, first_line, parse_retry_after, run_pool)
-from toolkit.errors import ConfigError, FatalTaggerError
-from toolkit.models import Media, Tag, TagResult
+from toolkit.ground.errors import ConfigError, FatalTaggerError
+from toolkit.ground.models import Media, Tag, TagResult
 
 if TYPE_CHECKING:
-    from toolkit.settings import Settings
+    from toolkit.ground.settings import Settings
 
 # Google front ends refuse request bodies over 10 MiB ("Request payload size exceeds the
 # limit: 10485760 bytes"); the Video Intelligence docs give no other figure for

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from toolkit.errors import ConfigError
+from toolkit.ground.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).parent / "data" / "provider_labels.json"
 UNMAPPED_GROUP = "label"

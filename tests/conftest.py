@@ -56,7 +56,7 @@ def _isolated_env(tmp_path, monkeypatch):
 
 @pytest.fixture
 def settings(tmp_path):
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     return load_settings(data_dir=tmp_path / "data")
 

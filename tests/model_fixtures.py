@@ -46,7 +46,7 @@ def photo(shared_data: Path):
 @pytest.fixture(scope="session")
 def offline():
     """The shipped offline model on PyTorch (no ONNX export into the user's cache)."""
-    from taggers.offline_model import OfflineEmbedder
+    from taggers.offline.model import OfflineEmbedder
 
     return OfflineEmbedder(runtime="torch", batch_size=8, threads=2)
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 from tests.helpers import ColourEmbedder, free_port, read_styles, write_mp4, write_products_csv
 from toolkit.core import Toolkit
-from toolkit.settings import Settings
+from toolkit.ground.settings import Settings
 
 BRANDS = ("Puma", "Nike", "ADIDAS")
 PER_BRAND = 8

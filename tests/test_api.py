@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.service_helpers import VIDEO_PRODUCT, VIDEO_URL, build_catalog, running_server
-from toolkit.api import create_app
+from toolkit.faces.api import create_app
 from toolkit.core import Toolkit
 
 UPLOAD_MB = 0.05  # small, so the 413 test sends little
@@ -203,7 +203,7 @@ def test_s3_media_redirect_to_a_presigned_url(s3, tmp_path, shared_data):
 
 
 def _settings(tmp_path, **kw):
-    from toolkit.settings import Settings
+    from toolkit.ground.settings import Settings
 
     return Settings(_env_file=None, data_dir=tmp_path / "s3data", chroma_host=None, chroma_port=None, **kw)
 
@@ -340,8 +340,8 @@ def test_serve_listens_on_settings_defaults_unless_flags_say_otherwise(monkeypat
     import uvicorn
     from typer.testing import CliRunner
 
-    import toolkit.commands.serve as serve_cmd
-    from toolkit.cli import app
+    import toolkit.faces.commands.serve as serve_cmd
+    from toolkit.faces.cli import app
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append((host, port)))

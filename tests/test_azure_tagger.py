@@ -12,9 +12,9 @@ from taggers.label_mapping import LabelMapping
 from taggers.resilience import RetryPolicy
 from tests.fakes.azure_cv_server import expected_tags
 from tests.fakes.fixtures import image_media
-from toolkit.errors import ConfigError, FatalTaggerError
-from toolkit.models import Box
-from toolkit.settings import Settings
+from toolkit.ground.errors import ConfigError, FatalTaggerError
+from toolkit.ground.models import Box
+from toolkit.ground.settings import Settings
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 
@@ -211,7 +211,7 @@ def test_settings_name_every_missing_variable():
 
 
 def test_from_settings_builds_a_working_tagger(azure_env, photo_paths):
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     tagger = AzureCustomVisionTagger.from_settings(load_settings(azure_rate=50, max_retries=1))
     [res] = tagger.tag([image_media(photo_paths[2])])

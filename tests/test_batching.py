@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import ColourEmbedder
-from toolkit.batching import BatchingEmbedder
+from toolkit.search.batching import BatchingEmbedder
 
 
 class GatedEmbedder(ColourEmbedder):

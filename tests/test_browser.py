@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import REPO
 from tests.service_helpers import build_catalog, running_server
-from toolkit.api import create_app
+from toolkit.faces.api import create_app
 
 CHROMIUM = Path(os.environ.get("TOOLKIT_CHROMIUM", "/usr/bin/chromium"))
 # Headless on a machine with no GPU, no sandbox user namespace and no internet (ENVIRONMENT.md).

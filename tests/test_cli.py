@@ -20,7 +20,7 @@ def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subproc
 
 
 def all_commands():
-    from toolkit.cli import app
+    from toolkit.faces.cli import app
     import typer.main
 
     group = typer.main.get_command(app)
@@ -34,7 +34,7 @@ def all_commands():
 
 @pytest.mark.parametrize("path", list(all_commands()), ids=lambda p: " ".join(p))
 def test_every_command_has_help_and_is_in_the_readme(path):
-    from toolkit.cli import app
+    from toolkit.faces.cli import app
 
     result = CliRunner().invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
@@ -71,7 +71,7 @@ def test_config_masks_secrets(tmp_path):
 
 
 def test_env_example_lists_every_setting():
-    from toolkit.settings import Settings
+    from toolkit.ground.settings import Settings
 
     text = (REPO / ".env.example").read_text()
     missing = [n for n in Settings.model_fields if f"TOOLKIT_{n.upper()}=" not in text]
@@ -79,9 +79,9 @@ def test_env_example_lists_every_setting():
 
 
 def test_help_does_not_load_the_model():
-    code = ("import sys, toolkit.cli; "
+    code = ("import sys, toolkit.faces.cli; "
             "sys.argv=['toolkit','--help']\n"
-            "try: toolkit.cli.main()\nexcept SystemExit: pass\n"
+            "try: toolkit.faces.cli.main()\nexcept SystemExit: pass\n"
             "print('torch' in sys.modules, 'chromadb' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "False False"

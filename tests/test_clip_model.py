@@ -11,7 +11,7 @@ from taggers.base import Embedder
 from taggers.clip_local import LocalTagger
 from taggers.clip_model import ClipEmbedder
 from tests.model_fixtures import tiny_clip_dir  # noqa: F401 - fixture
-from toolkit.errors import ModelError
+from toolkit.ground.errors import ModelError
 
 
 def test_images_and_texts_in_one_normalised_space(tiny_clip_dir) -> None:

@@ -14,7 +14,7 @@ from tests.helpers import ColourEmbedder, write_mp4
 from tests.test_cli import run
 from toolkit import Toolkit, registry
 from toolkit.records import media_id
-from toolkit.settings import load_settings
+from toolkit.ground.settings import load_settings
 
 BUCKET = "cloud-e2e"
 PHOTOS = 30

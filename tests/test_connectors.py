@@ -5,7 +5,7 @@ import pytest
 
 from connectors.local import LocalConnector
 from connectors.s3 import S3Connector
-from toolkit.errors import MediaError, SourceError
+from toolkit.ground.errors import MediaError, SourceError
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_s3_errors_are_one_line_with_what_to_do(s3, s3_server):
     with pytest.raises(SourceError, match="no such bucket"):
         list(conn.list("s3://does-not-exist/x/"))
     s3.create_bucket(Bucket="gone")
-    from toolkit.models import MediaRef
+    from toolkit.ground.models import MediaRef
 
     with pytest.raises(MediaError, match="s3://gone/missing.jpg: cannot download"):
         conn.read(MediaRef(uri="s3://gone/missing.jpg", key="missing.jpg"))
@@ -78,7 +78,7 @@ def test_s3_errors_are_one_line_with_what_to_do(s3, s3_server):
 def test_s3_reads_take_the_signed_get_and_match_boto3(s3, s3_server):
     """Keys that need escaping, and a missing key: the signed GET reads what boto3 reads, and a
     failure it cannot serve goes to boto3 (its error message) without turning the path off."""
-    from toolkit.models import MediaRef
+    from toolkit.ground.models import MediaRef
 
     s3.create_bucket(Bucket="signed")
     keys = ["plain.jpg", "with space/and+plus.jpg", "ünïcode/%25 ~tilde.jpg", "a=b&c.jpg"]
@@ -94,7 +94,7 @@ def test_s3_reads_take_the_signed_get_and_match_boto3(s3, s3_server):
 
 
 def test_unreachable_endpoint_names_the_setting():
-    from toolkit.settings import Settings
+    from toolkit.ground.settings import Settings
     from toolkit import registry
 
     conn = registry.connector_for("s3://b/p", Settings(s3_endpoint_url="http://127.0.0.1:9"))

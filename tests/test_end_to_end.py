@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import REPO
 from tests.test_cli import run
 from toolkit import Toolkit
-from toolkit.settings import load_settings
+from toolkit.ground.settings import load_settings
 
 QUERY_TEXT = "black leather sandals for men"
 QUERY_IMAGE = "images/10005.jpg"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_products_csv
-from toolkit.errors import ConfigError
-from toolkit.evaluation import (attribute_query_labels, confusion, failed_gates, image_ceilings, margin, metric_names,
+from toolkit.ground.errors import ConfigError
+from toolkit.evaluation.run import (evaluate, attribute_query_labels, confusion, failed_gates, image_ceilings, margin, metric_names,
                                 narrow_gates, parse_gate, pca_2d, precision_at, query_ceilings, query_precision,
                                 tag_hits, tag_scores, text_metrics, text_ranks, title_scores,
                                 top_for_queries, top_neighbours)
@@ -173,7 +173,7 @@ def test_confusion_rows_sum_to_each_labels_photos():
 
 
 def test_attribute_queries_need_two_photos_and_every_label():
-    from toolkit.evaluation import LabelledItem
+    from toolkit.evaluation.run import LabelledItem
 
     def item(g, c, a):
         return LabelledItem("1", "", Path("x.jpg"), {"gender": g, "baseColour": c, "articleType": a})
@@ -220,7 +220,7 @@ def write_styles_subset(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def photos(shared_data) -> list[dict]:
-    from toolkit.split import is_eval
+    from toolkit.training.split import is_eval
 
     rows = [r for r in read_styles(shared_data) if (shared_data / "images" / f"{r['id']}.jpg").is_file()]
     return [r for r in rows if is_eval(r["id"])][:40]
@@ -244,11 +244,11 @@ def collection_names(tk) -> set[str]:
 
 def test_evaluate_scores_real_photos_and_leaves_the_users_store_as_it_was(user_toolkit, shared_data, photos,
                                                                            tmp_path):
-    from toolkit.commands.output import to_jsonable
+    from toolkit.faces.commands.output import to_jsonable
 
     before, count = collection_names(user_toolkit), user_toolkit.store.count()
     catalog = write_styles_subset(tmp_path / "styles.csv", photos)
-    report = user_toolkit.evaluate(catalog, shared_data / "images")
+    report = evaluate(catalog, shared_data / "images", user_toolkit)
 
     assert collection_names(user_toolkit) == before          # the scratch collections are gone
     assert user_toolkit.store.count() == count
@@ -274,8 +274,8 @@ def test_a_products_csv_scores_the_same_as_styles_csv(settings, shared_data, pho
     tk = Toolkit(settings, embedder=ColourEmbedder())
     images = shared_data / "images"
     rows = photos[:20]
-    styles = tk.evaluate(write_styles_subset(tmp_path / "styles.csv", rows), images, split="all")
-    products = tk.evaluate(write_products_csv(tmp_path / "products.csv", rows), images, split="all")
+    styles = evaluate(write_styles_subset(tmp_path / "styles.csv", rows), images, tk, split="all")
+    products = evaluate(write_products_csv(tmp_path / "products.csv", rows), images, tk, split="all")
     image_metrics = {k: v for k, v in styles.metrics.items() if k.startswith(("image.", "text.", "query."))}
     assert image_metrics == {k: v for k, v in products.metrics.items() if k in image_metrics}
     # The products CSV above labels only three columns; only those are scored as tags.
@@ -287,7 +287,7 @@ def test_limit_and_missing_photos(settings, shared_data, photos, tmp_path):
 
     rows = photos[:12] + [{**photos[0], "id": "999999999"}]
     catalog = write_styles_subset(tmp_path / "styles.csv", rows)
-    report = Toolkit(settings, embedder=ColourEmbedder()).evaluate(catalog, shared_data / "images",
+    report = evaluate(catalog, shared_data / "images", Toolkit(settings, embedder=ColourEmbedder()),
                                                                    split="all", limit=5)
     assert report.items == 5
     assert report.skipped == [f"999999999: no photo 999999999.jpg under {shared_data / 'images'}"]
@@ -295,10 +295,10 @@ def test_limit_and_missing_photos(settings, shared_data, photos, tmp_path):
 
 def test_html_report_holds_the_plots_and_the_pictures(settings, shared_data, photos, tmp_path):
     from toolkit.core import Toolkit
-    from toolkit.eval_report import write_html
+    from toolkit.evaluation.report import write_html
 
     catalog = write_styles_subset(tmp_path / "styles.csv", photos)
-    report = Toolkit(settings, embedder=ColourEmbedder()).evaluate(catalog, shared_data / "images")
+    report = evaluate(catalog, shared_data / "images", Toolkit(settings, embedder=ColourEmbedder()))
     page = write_html(report, tmp_path / "out" / "eval.html").read_text(encoding="utf-8")
     for plot in ("<svg class=bars", "<svg class=confusion", "<svg class=map"):
         assert plot in page
@@ -412,24 +412,24 @@ def test_cli_rejects_a_mistyped_gate_before_indexing(shared_data, photos, tmp_pa
 
 def test_the_holdout_split_scores_only_training_holdout_photos(settings, shared_data, tmp_path):
     from toolkit.core import Toolkit
-    from toolkit.errors import ConfigError
-    from toolkit.split import is_holdout
+    from toolkit.ground.errors import ConfigError
+    from toolkit.training.split import is_holdout
 
     rows = [r for r in read_styles(shared_data) if (shared_data / "images" / f"{r['id']}.jpg").is_file()][:60]
     held = [r["id"] for r in rows if is_holdout(r["id"])]
     assert len(held) >= 3
     catalog = write_styles_subset(tmp_path / "styles.csv", rows)
     tk = Toolkit(settings, embedder=ColourEmbedder())
-    report = tk.evaluate(catalog, shared_data / "images", split="holdout")
+    report = evaluate(catalog, shared_data / "images", tk, split="holdout")
     assert report.split == "holdout" and report.items == len(held)
     with pytest.raises(ConfigError, match="use eval, holdout or all"):
-        tk.evaluate(catalog, shared_data / "images", split="training")
+        evaluate(catalog, shared_data / "images", tk, split="training")
 
 
 # ---- comparing two runs ----------------------------------------------------------------------------
 
 def test_a_comparison_pairs_the_photos_both_runs_scored(tmp_path):
-    from toolkit.eval_compare import compare, load_items, save_items
+    from toolkit.evaluation.compare import compare, load_items, save_items
 
     before = {"tags.gender.accuracy": {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0, "gone": 0.0},
               "text.mrr": {"a": 0.5, "b": 1.0}, "only.before": {"a": 1.0, "b": 0.0}}
@@ -452,7 +452,7 @@ def test_a_comparison_pairs_the_photos_both_runs_scored(tmp_path):
 
 
 def test_a_comparison_tells_a_real_change_from_noise():
-    from toolkit.eval_compare import compare
+    from toolkit.evaluation.compare import compare
 
     rng = np.random.default_rng(1)
     keys = [str(i) for i in range(1600)]
@@ -470,7 +470,7 @@ def test_a_comparison_tells_a_real_change_from_noise():
 
 
 def test_a_baseline_that_is_no_eval_run_is_a_clear_error(tmp_path):
-    from toolkit.eval_compare import load_items
+    from toolkit.evaluation.compare import load_items
 
     with pytest.raises(ConfigError, match="no eval.items.json there; give the --out folder"):
         load_items(tmp_path)

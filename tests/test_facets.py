@@ -8,7 +8,7 @@ import numpy as np
 
 from store.base import Record
 from store.chroma import ChromaStore
-from toolkit.facets import FacetCache, collect_facets
+from toolkit.search.facets import FacetCache, collect_facets
 
 
 def record(rid: str, media: str, **meta) -> Record:

@@ -15,7 +15,7 @@ from store.base import Record
 from store.chroma import ChromaStore
 from store.filtered import FilterIndex, saved_stamp
 from tests.test_filtered_search import DIM, exact, make_records, queries
-from toolkit.filters import to_chroma_where
+from toolkit.search.filters import to_chroma_where
 
 WHERE = to_chroma_where(["article_type=type3"])
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ import json, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 import numpy as np
 from store.chroma import ChromaStore
-from toolkit.settings import load_settings
+from toolkit.ground.settings import load_settings
 st = ChromaStore.open(load_settings(data_dir={str(settings.data_dir)!r}), "lifecycle", model_id="synthetic", dim={DIM})
 st.filter_index_min = 0
 st.build_filter_index = False
@@ -146,7 +146,7 @@ def test_a_one_shot_process_never_starts_a_build(settings, records):
 
 
 def test_a_server_store_keeps_its_index_in_memory_only(settings, records, chroma_server):
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     served = load_settings(data_dir=settings.data_dir, chroma_host=chroma_server["host"],
                            chroma_port=chroma_server["port"])

@@ -8,8 +8,8 @@ import pytest
 
 from store.base import Record
 from store.chroma import ChromaStore
-from toolkit.search import search_vector
-from toolkit.filters import to_chroma_where
+from toolkit.search.query import search_vector
+from toolkit.search.filters import to_chroma_where
 
 N, DIM = 3000, 32
 COLOURS = ["red", "blue", "black", "white", "green"]
@@ -142,7 +142,7 @@ def test_product_search_through_the_index_matches_chroma(store):
 
 
 def test_server_gives_what_the_embedded_store_gives(settings, records, chroma_server):
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     embedded = open_store(settings, "filtered-e", records)
     served = open_store(load_settings(data_dir=settings.data_dir, chroma_host=chroma_server["host"],

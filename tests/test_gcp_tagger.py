@@ -8,8 +8,8 @@ from taggers.resilience import RetryPolicy
 from tests.fakes.fixtures import video_media
 from tests.fakes.gcp_vi_server import analyse
 from tests.helpers import write_mp4
-from toolkit.errors import ConfigError, FatalTaggerError
-from toolkit.settings import Settings
+from toolkit.ground.errors import ConfigError, FatalTaggerError
+from toolkit.ground.settings import Settings
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 RED, BLACK, BLUE = (200, 30, 30), (20, 20, 20), (40, 80, 200)
@@ -206,7 +206,7 @@ def test_billable_minutes_are_rounded_up_per_video():
 
 
 def test_settings(gcp_env):
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     assert VideoIntelligenceTagger.is_configured(load_settings())
     with pytest.raises(ConfigError, match="TOOLKIT_GCP_STAGING_BUCKET"):

@@ -11,8 +11,8 @@ import pytest
 from taggers.base import Tagger
 from taggers.clip_local import LocalTagger
 from tests.model_fixtures import offline, photo, shared_data  # noqa: F401 - fixtures
-from toolkit.errors import ConfigError
-from toolkit.models import Frame, Media, MediaRef
+from toolkit.ground.errors import ConfigError
+from toolkit.ground.models import Frame, Media, MediaRef
 
 
 def as_media(offline, images, kind="image", stamps=None) -> Media:

@@ -18,9 +18,9 @@ import pytest
 from tests.helpers import free_port
 from store.owner import holder, server_path, try_own, wait_for_store
 from toolkit.core import Toolkit
-from toolkit.errors import StoreError
+from toolkit.ground.errors import StoreError
 from toolkit.records import media_id
-from toolkit.settings import Settings
+from toolkit.ground.settings import Settings
 
 TOOLKIT = str(Path(sys.executable).parent / "toolkit")
 PER_RUN = 12

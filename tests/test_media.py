@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from tests.helpers import write_mp4
-from toolkit.errors import MediaError
-from toolkit.media import decode, sniff
-from toolkit.models import MediaRef
+from toolkit.ground.errors import MediaError
+from toolkit.media.decode import decode, sniff
+from toolkit.ground.models import MediaRef
 
 
 def ref(name: str) -> MediaRef:

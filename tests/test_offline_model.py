@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from taggers import weights
-from taggers.offline_model import OfflineEmbedder
+from taggers.offline.model import OfflineEmbedder
 from tests.model_fixtures import ROOT, offline, photo, shared_data  # noqa: F401 - fixtures
-from toolkit.errors import ModelError
+from toolkit.ground.errors import ModelError
 
 
 def test_construction_and_identity_do_not_import_torch() -> None:
-    code = ("import sys; from taggers.offline_model import OfflineEmbedder; m = OfflineEmbedder(); "
+    code = ("import sys; from taggers.offline.model import OfflineEmbedder; m = OfflineEmbedder(); "
             "print(m.model_id, m.dim); assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -96,7 +96,7 @@ def test_onnx_runtime_matches_torch(offline, photo, tmp_path, monkeypatch) -> No
 
 
 def test_mid_level_feature_spec_names_blocks_and_pools() -> None:
-    from taggers.backbone_specs import mid_dim, parse_mid
+    from taggers.offline.backbone_specs import mid_dim, parse_mid
 
     assert parse_mid("4,7,10,14/mask") == ((4, 7, 10, 14), ("mask",))
     assert mid_dim("4,7,10,14/mask") == 40 + 80 + 112 + 192 and mid_dim("") == 0

@@ -152,7 +152,7 @@ def test_bare_media_is_found_without_a_catalog_row(tk, source, shared_data, phot
 def test_items_a_tagger_gave_no_label_are_not_tagged_again(source, tmp_path):
     """A threshold no label reaches: the local tagger still looked at every item, so a second
     run must not read or embed any of them again."""
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     tk = Toolkit(load_settings(data_dir=tmp_path / "strict", tag_threshold=1.0), embedder=ColourEmbedder())
     first = tk.tag(str(source), tagger="local")

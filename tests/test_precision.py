@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from taggers.offline_model import OfflineEmbedder
-from taggers.precision import MIN_SPEEDUP, TOLERANCE, cached_decide, choice_path, decide
-from taggers.quantize import CALIBRATION
+from taggers.offline.model import OfflineEmbedder
+from taggers.offline.precision import MIN_SPEEDUP, TOLERANCE, cached_decide, choice_path, decide
+from taggers.offline.quantize import CALIBRATION
 from tests.helpers import copy_photos, read_styles
 from toolkit import Toolkit, registry
-from toolkit.machine import machine_facts
+from toolkit.ground.machine import machine_facts
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_the_precision_in_force_matches_fp32_and_keeps_neighbours(photos, tmp_pa
     nearest_fp32 = np.argsort(-(b @ b.T), axis=1)[:, 1]
     assert np.mean([n in r for n, r in zip(nearest_fp32, ranked)]) >= 0.95
     # The verdict is kept beside the int8 model, with the machine it was measured on.
-    from taggers.quantize import int8_path
+    from taggers.offline.quantize import int8_path
 
     saved = json.loads(choice_path(int8_path(fp32.images.onnx_path())).read_text())
     assert saved["machine"] == machine_facts() and saved["choices"]["auto"]["precision"] == choice.precision
@@ -76,14 +76,14 @@ def test_an_int8_that_strays_falls_back_to_fp32_and_says_so_once(tmp_path, caplo
         return np.clip(f, -0.2 * np.abs(f).max(), 0.2 * np.abs(f).max())
 
     model = tmp_path / "backbone-int8.onnx"
-    with caplog.at_level(logging.WARNING, logger="taggers.precision"):
+    with caplog.at_level(logging.WARNING, logger="taggers.offline.precision"):
         first = cached_decide("auto", model, _features, saturating, _calibration_like)
     assert first.precision == "fp32" and first.fell_back and "strays from fp32" in first.reason
     assert first.parity is not None and not first.parity.within()
     assert [r.message for r in caplog.records if "runs fp32 on this machine" in r.getMessage()]
     # Measured once: the next process reads the verdict and says nothing.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="taggers.precision"):
+    with caplog.at_level(logging.WARNING, logger="taggers.offline.precision"):
         again = cached_decide("auto", model, _features, lambda x: pytest.fail("measured twice"), _calibration_like)
     assert (again.precision, again.reason) == (first.precision, first.reason) and not caplog.records
     # Asking for int8 outright does not override the tolerance either.

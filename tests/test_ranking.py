@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit.models import Hit
-from toolkit.ranking import keyword_fraction, query_words, rerank
+from toolkit.ground.models import Hit
+from toolkit.search.ranking import keyword_fraction, query_words, rerank
 
 
 def hit(pid: str, score: float, title: str = "", tags: dict | None = None, attributes: dict | None = None) -> Hit:

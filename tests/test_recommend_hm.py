@@ -59,7 +59,7 @@ def tk(hm, tmp_path_factory):
 
 def toolkit_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TOOLKIT_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "toolkit.faces.cli", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
 
@@ -124,7 +124,7 @@ def test_cli_imports_idempotently_and_prints_rules_picks_and_the_evaluation(tk, 
 
 
 def test_http_api_answers_the_same_and_404s_unknown_products(tk):
-    from toolkit.api import create_app
+    from toolkit.faces.api import create_app
 
     tk.recommend._store = None  # reopened after the CLI test closed it
     product, user = best_pair(tk), busy_customer(tk)

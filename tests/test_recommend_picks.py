@@ -84,7 +84,7 @@ def test_a_product_no_basket_holds_is_an_empty_list_with_a_reason_or_its_lookali
 
 
 def test_a_product_only_the_vector_store_holds_is_known_by_its_looks_and_picks_take_the_stores_cards(rec):
-    from toolkit.errors import NotFoundError
+    from toolkit.ground.errors import NotFoundError
     from toolkit.recommend.records import Item
 
     def neighbours(product_id, n):  # as Toolkit.more_like_this answers: unknown ids are an error

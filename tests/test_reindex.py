@@ -23,11 +23,11 @@ from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_mp4, w
 from tests.test_cli import run
 from toolkit import Toolkit, registry
 from toolkit import reindex as reindex_mod
-from toolkit.errors import ConfigError, ModelMismatchError, StoreError
-from toolkit.media import decode
-from toolkit.models import MediaRef, Tag
+from toolkit.ground.errors import ConfigError, ModelMismatchError, StoreError
+from toolkit.media.decode import decode
+from toolkit.ground.models import MediaRef, Tag
 from toolkit.records import stored_media_tags, tag_to_dict
-from toolkit.settings import load_settings
+from toolkit.ground.settings import load_settings
 
 PHOTOS = 10
 OLD = "catalog"
@@ -289,7 +289,7 @@ def cli(monkeypatch, capsys, *args: str, stdin: str = "") -> tuple[int, str, str
     """The `toolkit` command in this process (so the test models are registered)."""
     import io
 
-    from toolkit.cli import main
+    from toolkit.faces.cli import main
 
     monkeypatch.setattr(sys, "argv", ["toolkit", *args])
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
@@ -357,7 +357,7 @@ def test_a_running_search_service_follows_a_switch_made_elsewhere(tagged, settin
 
     from tests.service_helpers import running_server
     from toolkit import current
-    from toolkit.api import create_app
+    from toolkit.faces.api import create_app
 
     monkeypatch.setattr(current, "CHECK_EVERY", 0.0)  # re-read the pointer (in the background) on every request
     photo = (source / f"{photo_rows[2]['id']}.jpg").read_bytes()
@@ -398,7 +398,7 @@ def test_a_running_search_service_follows_a_switch_made_elsewhere(tagged, settin
 
 
 def test_an_in_flight_request_keeps_the_toolkit_it_started_with(tagged, settings, models):
-    from toolkit.current import CurrentToolkit
+    from toolkit.faces.current import CurrentToolkit
 
     current = CurrentToolkit(Toolkit(settings), every=0.0)
     first = current.get()

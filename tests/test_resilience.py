@@ -11,7 +11,7 @@ import pytest
 
 from taggers.resilience import (CallStats, ItemFailed, Kind, Outcome, RateLimiter, RetryPolicy,
                                 call_with_retries, first_line, parse_retry_after, run_pool)
-from toolkit.errors import FatalTaggerError
+from toolkit.ground.errors import FatalTaggerError
 
 
 class FakeClock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from taggers.runtime_files import sweep_stale_tmp
+from taggers.offline.runtime_files import sweep_stale_tmp
 
 
 def test_a_dead_writers_tmp_files_are_swept_and_a_live_ones_kept(tmp_path):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, read_styles
-from toolkit.commands.output import to_jsonable
+from toolkit.faces.commands.output import to_jsonable
 from toolkit import Toolkit
-from toolkit.settings import load_settings
+from toolkit.ground.settings import load_settings
 
 N = 2000
 ARTIFACT = REPO / "tests" / "artifacts" / "s3_scale.json"

@@ -6,8 +6,8 @@ import pytest
 
 from store.base import Record
 from store.chroma import ChromaStore
-from toolkit.errors import ModelMismatchError, StoreError
-from toolkit.settings import Settings
+from toolkit.ground.errors import ModelMismatchError, StoreError
+from toolkit.ground.settings import Settings
 
 
 @pytest.fixture(params=["embedded", "server"])

@@ -11,12 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 from taggers.clip_local import LocalTagger, load_vocabulary
-from taggers.offline_model import OfflineEmbedder
-from taggers.tag_heads import TagHeads, TagHeadsConfig, load_tag_heads, save_tag_heads
+from taggers.offline.model import OfflineEmbedder
+from taggers.offline.tag_heads import TagHeads, TagHeadsConfig, load_tag_heads, save_tag_heads
 from taggers.weights import SHIPPED_HEADS, path_beside, sha256_file, sidecar_path
 from tests.model_fixtures import offline, photo, shared_data  # noqa: F401 - fixtures
-from toolkit.errors import ModelError, SourceError
-from toolkit.tag_training import train_tag_heads
+from toolkit.ground.errors import ModelError, SourceError
+from toolkit.training.tag_heads import train_tag_heads
 
 COLUMN_GROUPS = {"article_type", "colour", "gender", "usage", "season", "master_category"}
 
@@ -168,7 +168,7 @@ def test_the_shipped_model_has_classifiers_for_every_catalog_group(offline) -> N
 
 
 def test_cli_train_tags_is_thin_and_reports_user_errors(shared_data, tmp_path) -> None:
-    from toolkit.commands.model import app
+    from toolkit.faces.commands.model import app
 
     runner = CliRunner()
     help_text = runner.invoke(app, ["train-tags", "--help"]).output
@@ -183,9 +183,9 @@ def test_retag_refreshes_stored_tags_after_the_classifiers_change(shared_data, t
     """Unchanged photos are skipped by a plain re-run, so new classifiers reach stored items
     only through `--retag`: same records and vectors, new tags."""
     from tests.model_fixtures import CLEAR
-    from toolkit.cli import app
+    from toolkit.faces.cli import app
     from toolkit.core import Toolkit
-    from toolkit.settings import load_settings
+    from toolkit.ground.settings import load_settings
 
     heads = user_heads(tmp_path / "model")
     folder = tmp_path / "photos"

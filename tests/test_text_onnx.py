@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from taggers.offline_model import OfflineEmbedder
+from taggers.offline.model import OfflineEmbedder
 
 TEXTS = ["red summer dress", "black leather sandals for men", "Gold WATCH!", "", "kids shoes " * 200]
 
@@ -41,7 +41,7 @@ def test_runtime_torch_keeps_the_pytorch_path():
 
 
 def test_a_cached_export_embeds_without_torch(embedder):
-    code = ("import sys; from taggers.offline_model import OfflineEmbedder; "
+    code = ("import sys; from taggers.offline.model import OfflineEmbedder; "
             "v = OfflineEmbedder().embed_texts(['red dress']); "
             "print(v.shape, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -51,7 +51,7 @@ def test_a_cached_export_embeds_without_torch(embedder):
 def test_the_first_export_prints_no_progress_bar(tmp_path):
     # stderr belongs to the toolkit's own progress: transformers' "Loading weights" bar used to
     # appear in the middle of the first `toolkit search` or `toolkit eval` in a new data dir.
-    code = "from taggers.offline_model import OfflineEmbedder; print(OfflineEmbedder().embed_texts(['red dress']).shape)"
+    code = "from taggers.offline.model import OfflineEmbedder; print(OfflineEmbedder().embed_texts(['red dress']).shape)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "TOOLKIT_DATA_DIR": str(tmp_path / "fresh")})
     assert run.stdout.split() == ["(1,", "256)"]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from taggers.offline_model import OfflineEmbedder
+from taggers.offline.model import OfflineEmbedder
 from taggers.weights import sha256_file, sidecar_path
 from tests.model_fixtures import photo, shared_data  # noqa: F401 - fixtures
-from toolkit.errors import CatalogError, ConfigError, ModelError, SourceError
-from toolkit.split import EVAL_FRACTION, HOLDOUT_FRACTION, eval_rows, is_eval, is_holdout, rows_for, train_rows
-from toolkit.training import build_captions, load_vocabulary, match_matrix, pattern_of, train_heads, training_rows
+from toolkit.ground.errors import CatalogError, ConfigError, ModelError, SourceError
+from toolkit.training.split import EVAL_FRACTION, HOLDOUT_FRACTION, eval_rows, is_eval, is_holdout, rows_for, train_rows
+from toolkit.training.loop import build_captions, load_vocabulary, match_matrix, pattern_of, train_heads, training_rows
 
 
 def test_split_is_fixed_and_big_enough(shared_data) -> None:
@@ -108,7 +108,7 @@ def test_bad_inputs_are_user_errors(shared_data, tmp_path) -> None:
 
 
 def test_cli_train_command_is_thin_and_reports_user_errors(tmp_path, shared_data) -> None:
-    from toolkit.commands.model import app
+    from toolkit.faces.commands.model import app
 
     runner = CliRunner()
     help_text = runner.invoke(app, ["train", "--help"]).output
@@ -125,7 +125,7 @@ def test_cli_train_command_is_thin_and_reports_user_errors(tmp_path, shared_data
 
 
 def test_fine_tuned_last_block_travels_in_the_heads_file(shared_data, tmp_path, monkeypatch, photo) -> None:
-    from taggers.heads import load_heads
+    from taggers.offline.heads import load_heads
 
     monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "ft.safetensors"
@@ -151,7 +151,7 @@ def test_fine_tuning_is_refused_for_lite2(shared_data, tmp_path) -> None:
 @pytest.mark.parametrize("backbone,size,mid_dim", [("efficientnet-lite0", 224, 424), ("efficientnet-lite2", 256, 464)])
 def test_each_backbone_trains_heads_named_and_sized_for_it(shared_data, tmp_path, monkeypatch, photo,
                                                            backbone, size, mid_dim) -> None:
-    from taggers.heads import read_config
+    from taggers.offline.heads import read_config
 
     monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "heads.safetensors"

@@ -8,22 +8,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from toolkit import registry
-from toolkit.errors import ConfigError, ModelMismatchError, ToolkitError
-from toolkit.filters import Where
-from toolkit.models import Hit, RunReport
-from toolkit.settings import Settings, load_settings
+from toolkit.ground.errors import ConfigError, ModelMismatchError, ToolkitError
+from toolkit.search.filters import Where
+from toolkit.ground.models import Hit, RunReport
+from toolkit.ground.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from store.chroma import ChromaStore
     from store.collections import CollectionInfo
     from taggers.base import Embedder
-    from toolkit.catalog import ImportReport
-    from toolkit.evaluation import EvalReport
-    from toolkit.pipeline import ItemCallback, MediaCallback
-    from toolkit.planning import DryRunReport
+    from toolkit.ingest.catalog import ImportReport
+    from toolkit.ingest.pipeline import ItemCallback, MediaCallback
+    from toolkit.ingest.planning import DryRunReport
     from toolkit.recommend.records import Item
     from toolkit.recommend.service import Recommender
-    from toolkit.reindex import ReindexCallback, ReindexReport
+    from toolkit.ingest.reindex import ReindexCallback, ReindexReport
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Toolkit:
         self._collection: str | None = None
         self._store: "ChromaStore | None" = None
         self._products: "ChromaStore | None" = None
-        #: Share model calls between concurrent searches (toolkit/batching.py): the search
+        #: Share model calls between concurrent searches (toolkit/search/batching.py): the search
         #: service turns it on; one search at a time gains nothing from it.
         self.batch_queries = False
         self._batcher: Any = None
@@ -99,7 +98,7 @@ class Toolkit:
         embedder = self.embedder
         with self._batcher_lock:
             if self._batcher is None or self._batcher.inner is not embedder:
-                from toolkit.batching import BatchingEmbedder
+                from toolkit.search.batching import BatchingEmbedder
 
                 self._batcher = BatchingEmbedder(embedder, max_batch=self.settings.batch_size)
             return self._batcher
@@ -168,9 +167,9 @@ class Toolkit:
         Items already stored unchanged are skipped, unless `retag`: then the items an earlier
         version of a tagger tagged run through it again, keeping the tags of taggers not run
         now. `on_media` sees each stored item with its embeddings (and image features)."""
-        from toolkit.catalog import load_products
-        from toolkit.pipeline import Pipeline
-        from toolkit.tagging import plan_taggers
+        from toolkit.ingest.catalog import load_products
+        from toolkit.ingest.pipeline import Pipeline
+        from toolkit.ingest.tagging import plan_taggers
 
         uri = str(source)
         connector = registry.connector_for(uri, self.settings)
@@ -194,8 +193,8 @@ class Toolkit:
 
     def plan(self, source: str | Path, tagger: str = "auto", retag: bool = False) -> "DryRunReport":
         """What `tag` would send to each tagger, and the billable units, without calling any."""
-        from toolkit.planning import dry_run
-        from toolkit.tagging import plan_taggers
+        from toolkit.ingest.planning import dry_run
+        from toolkit.ingest.tagging import plan_taggers
 
         uri = str(source)
         connector = registry.connector_for(uri, self.settings)
@@ -206,8 +205,8 @@ class Toolkit:
     def search(self, text: str | None = None, image: str | Path | bytes | None = None, k: int = 10,
                where: Where = None, min_score: float | None = None) -> list[Hit]:
         """Products most similar to a text, an image (path or bytes), or both."""
-        from toolkit.search import load_query_image, search, validate_k
-        from toolkit.filters import to_chroma_where
+        from toolkit.search.query import load_query_image, search, validate_k
+        from toolkit.search.filters import to_chroma_where
 
         # Check the request before the model loads: a typo should fail in milliseconds.
         validate_k(k)
@@ -219,25 +218,16 @@ class Toolkit:
     def more_like_this(self, id: str, k: int = 10, where: Where = None,
                        min_score: float | None = None) -> list[Hit]:
         """Products like a product or media item already in the store, by its product_id or media_id."""
-        from toolkit.search import more_like_this
+        from toolkit.search.query import more_like_this
 
         return more_like_this(self.store, id, k=k, where=where, min_score=min_score)
 
     def import_catalog(self, path: str | Path) -> "ImportReport":
         """Load products from a CSV and link them to the media they name. Re-importing updates."""
-        from toolkit.catalog import import_products, read_products
+        from toolkit.ingest.catalog import import_products, read_products
 
         products = list(read_products(Path(path)))  # a bad file fails before the model loads
         return import_products(products, self.embedder, self.products_store, self.store)
-
-    def evaluate(self, catalog: str | Path, images: str | Path, limit: int | None = None, split: str = "eval",
-                 on_item: "ItemCallback | None" = None,
-                 on_listed: "Callable[[int], None] | None" = None) -> "EvalReport":
-        """Retrieval and tag quality on a labelled catalog, indexed into a scratch collection."""
-        from toolkit.evaluation import evaluate
-
-        return evaluate(Path(catalog), Path(images), self, limit=limit, split=split,  # type: ignore[arg-type]
-                        on_item=on_item, on_listed=on_listed)
 
     def stats(self, top: int = 5) -> Stats:
         from store.chroma import describe_location
@@ -277,7 +267,7 @@ class Toolkit:
         Items that cannot be read again are listed in the report's `missing`; the switch waits
         for them (rerun when they are back) unless `skip_missing`, which leaves them out.
         A rerun continues an interrupted run without embedding again what is done."""
-        from toolkit.reindex import reindex
+        from toolkit.ingest.reindex import reindex
 
         new_settings = self._new_model_settings(model, heads_path=heads_path, clip_model=clip_model)
         source_model = None

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from store.base import Metadata, Record
-from toolkit.models import Box, Hit, Media, MediaRef, Product, Tag
+from toolkit.ground.models import Box, Hit, Media, MediaRef, Product, Tag
 
 PRODUCT_FIELDS = ("product_id", "title", "price", "currency", "url")
 ATTR_PREFIX = "attr_"
@@ -68,7 +68,7 @@ def tag_fields(media_tags: list[Tag], frame_tags: list[Tag], providers: set[str]
                versions: dict[str, str] | None = None) -> Metadata:
     """`providers` are the taggers that have looked at the item, whether or not they gave a
     label: a re-run must not send it to them again. `versions`: the version of each that
-    declares one (toolkit/freshness.py), for `tag --retag`."""
+    declares one (toolkit/ingest/freshness.py), for `tag --retag`."""
     fields: Metadata = {}
     for group, tag in best_by_group(media_tags).items():
         fields[TAG_PREFIX + group] = tag.label

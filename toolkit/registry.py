@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
-from toolkit.errors import ConfigError, SourceError
-from toolkit.settings import Settings
+from toolkit.ground.errors import ConfigError, SourceError
+from toolkit.ground.settings import Settings
 
 if TYPE_CHECKING:
     from connectors.base import Connector
@@ -48,8 +48,8 @@ def connector_for(uri: str, settings: Settings) -> "Connector":
 
 
 def _offline(settings: Settings) -> "Embedder":
-    from taggers.offline_model import OfflineEmbedder
-    from taggers.runtime_files import onnxruntime
+    from taggers.offline.model import OfflineEmbedder
+    from taggers.offline.runtime_files import onnxruntime
 
     try:
         onnxruntime()  # telemetry off before the model makes its first session
@@ -77,7 +77,7 @@ def embedder(settings: Settings) -> "Embedder":
 
 
 #: Besides TOOLKIT_MODEL, the settings that decide which model (so which model id) an embedder is.
-#: Not the precision: any precision in force gives vectors within tolerance of fp32's (taggers/precision.py).
+#: Not the precision: any precision in force gives vectors within tolerance of fp32's (taggers/offline/precision.py).
 MODEL_SETTINGS: dict[str, tuple[str, ...]] = {"offline": ("heads_path", "runtime"),
                                               "clip": ("clip_model",)}
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.fakes.azure_cv_server import FakeCustomVision
 from tests.fakes.gcp_vi_server import FakeVideoIntelligence
-from toolkit.models import Frame, Media, MediaRef
+from toolkit.ground.models import Frame, Media, MediaRef
 
 
 

@@ -1,7 +1,7 @@
 """The recommendation wing's exceptions, placed under the toolkit's own so the CLI and the API map them as usual."""
 from __future__ import annotations
 
-from toolkit.errors import ModelMismatchError, NotFoundError, QueryError, StoreError
+from toolkit.ground.errors import ModelMismatchError, NotFoundError, QueryError, StoreError
 
 
 class EventsError(QueryError):

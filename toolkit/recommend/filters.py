@@ -5,8 +5,8 @@ from __future__ import annotations
 import operator
 from typing import Callable, Mapping, Sequence
 
-from toolkit.errors import QueryError
-from toolkit.filters import parse_expr
+from toolkit.ground.errors import QueryError
+from toolkit.search.filters import parse_expr
 from toolkit.recommend.records import Item
 
 Where = Mapping[str, object] | Sequence[str] | str | None

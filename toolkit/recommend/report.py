@@ -4,7 +4,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from toolkit.eval_report import CSS
+from toolkit.report_style import CSS
 from toolkit.recommend.evaluate import EvalReport, Interval
 
 

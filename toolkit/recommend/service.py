@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from toolkit.errors import ToolkitError
+from toolkit.ground.errors import ToolkitError
 from toolkit.recommend import picks as ranking
 from toolkit.recommend.errors import StaleModels, UnknownProduct
 from toolkit.recommend.events import EventStore
@@ -32,7 +32,7 @@ from toolkit.recommend.sources import ReadS3, read_source
 if TYPE_CHECKING:
     from toolkit.recommend.content import ItemVectors
     from toolkit.recommend.evaluate import EvalReport
-    from toolkit.settings import Settings
+    from toolkit.ground.settings import Settings
 
 #: Finds products that look like a product (the vector store's nearest neighbours), for products no basket holds.
 Neighbours = Callable[[str, int], list[str]]

@@ -1,0 +1,1 @@
+"""The faces users see: the CLI, the HTTP API and the page."""

@@ -1,0 +1,133 @@
+"""`toolkit model ...`: train the offline model's projection heads."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from toolkit.ground.settings import Settings
+
+app = typer.Typer(help="Train and inspect the offline embedding model.", no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """Train and inspect the offline embedding model."""
+
+
+def _progress(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def train(
+    images: Path = typer.Option(..., "--images", help="Folder of product photos named <id>.jpg."),
+    catalog: Path = typer.Option(..., "--catalog", help="styles.csv-like catalog: id, productDisplayName, "
+                                 "articleType, baseColour, gender, usage, season, masterCategory."),
+    out: Path = typer.Option(Path(".toolkit/heads.safetensors"), "--out",
+                             help="Where to write the heads (a .json sidecar is written beside it)."),
+    epochs: int = typer.Option(60, "--epochs", min=1, help="Passes over the training photos."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and data give the same heads."),
+    include_eval: bool = typer.Option(False, "--include-eval",
+                                      help="Also train on the eval split (then quality figures are not fair)."),
+    hold_out: bool = typer.Option(False, "--hold-out",
+                                  help="Also leave out the training split's fixed holdout fifth, to compare "
+                                       "settings on it (toolkit eval --split holdout), not on the eval split."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: one per core)."),
+    finetune_blocks: int = typer.Option(0, "--finetune-blocks", min=0, max=4,
+                                        help="Also fine-tune this many last blocks of the image backbone "
+                                             "(slower; their weights go into the heads file)."),
+    backbone: str = typer.Option("efficientnet-lite0", "--backbone",
+                                 help="Image backbone: efficientnet-lite0 (224 px, the shipped model's) or "
+                                      "efficientnet-lite2 (256 px, about 2x slower to embed; see the README)."),
+    augment_views: int = typer.Option(0, "--augment-views", min=0, max=16,
+                                      help="Random crops, shifts and turns of each photo to train on besides "
+                                           "the photo itself (features computed once and cached)."),
+) -> None:
+    """Train projection heads on a catalog's photos and attributes (eval split left out)."""
+    from toolkit.training.loop import train_heads
+
+    report = train_heads(images, catalog, out, epochs=epochs, seed=seed, exclude_eval=not include_eval,
+                         threads=threads, finetune_blocks=finetune_blocks, augment_views=augment_views,
+                         hold_out=hold_out, backbone=backbone, progress=_progress)
+    typer.echo(f"wrote {report.out} ({report.n_train} photos, {report.n_captions} captions, "
+               f"{report.epochs} epochs, final loss {report.final_loss:.4f}, {report.seconds:.0f} s)")
+    typer.echo(f"model id {report.model_id}; use it with TOOLKIT_HEADS_PATH={report.out}")
+    typer.echo(f"sha256 {report.sha256}")
+
+
+@app.command("train-tags")
+def train_tags(
+    images: Path = typer.Option(..., "--images", help="Folder of product photos named <id>.jpg."),
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog CSV with the vocabulary's columns "
+                                 "(articleType, baseColour, gender, usage, season, masterCategory)."),
+    heads: Path = typer.Option(None, "--heads", help="Heads file to train them for (default: the shipped one)."),
+    out: Path = typer.Option(None, "--out", help="Where to write them (default: beside the heads, "
+                             "x.safetensors -> x.tags.safetensors, which is where the tagger looks)."),
+    epochs: int = typer.Option(25, "--epochs", min=1, help="Passes over the training photos."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    include_eval: bool = typer.Option(False, "--include-eval",
+                                      help="Also train on the eval split (then quality figures are not fair)."),
+    hold_out: bool = typer.Option(False, "--hold-out", help="Also leave out the training split's holdout fifth."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: one per core)."),
+) -> None:
+    """Train the label classifiers the local tagger blends with its prompts, for existing heads
+    (`toolkit model train` trains them with the heads). Tags change; vectors do not."""
+    from toolkit.training.tag_heads import train_tag_heads
+
+    report = train_tag_heads(images, catalog, heads, out, exclude_eval=not include_eval, hold_out=hold_out,
+                             epochs=epochs, seed=seed, threads=threads, progress=_progress)
+    groups = ", ".join(f"{name} ({n} labels)" for name, n in report.groups.items())
+    typer.echo(f"wrote {report.out} ({report.n_train} photos; {groups}; {report.seconds:.0f} s)")
+    typer.echo(f"sha256 {report.sha256}")
+
+
+@app.command()
+def info(
+    heads: Path = typer.Option(None, "--heads", help="Heads file (default: those of the collection in use, else TOOLKIT_HEADS_PATH or the shipped ones)."),
+) -> None:
+    """Show the offline model's id, dimension and how its heads were trained: by default the
+    model the collection in use was built with (`toolkit reindex`), else the configured one.
+    Also the image backbone's precision on this machine and why (on first use here, int8 is
+    checked against fp32 first, which takes up to a minute)."""
+    from toolkit.training.loop import heads_info
+
+    if heads is None:
+        settings = _model_settings()
+        if settings.model != "offline":
+            typer.echo(f"model: {settings.model} ({settings.clip_model}); heads belong to the offline model: "
+                       "pass --heads to describe a heads file")
+            return
+        heads = settings.heads_path
+    else:
+        settings = _model_settings().model_copy(update={"heads_path": heads, "model": "offline"})
+    for key, value in heads_info(heads).items():
+        typer.echo(f"{key}: {value}")
+    if settings.model == "offline":
+        _print_precision(settings)
+
+
+def _print_precision(settings: "Settings") -> None:
+    """The image backbone's precision on this machine, measured now if it never was (once)."""
+    from toolkit import registry
+    from toolkit.ground.machine import describe
+
+    choice = registry.embedder(settings).precision_choice()
+    typer.echo(f"precision: {choice.precision} (TOOLKIT_PRECISION={settings.precision}): {choice.reason}")
+    typer.echo(f"machine: {describe(choice.machine)}")
+
+
+def _model_settings() -> "Settings":
+    """The settings of the model in use: the one recorded for the collection in use when the
+    store exists (an info command does not create one), else the configured one."""
+    from store.chroma import embedded_path
+    from toolkit.core import Toolkit
+    from toolkit.ground.settings import load_settings
+
+    settings = load_settings()
+    path = embedded_path(settings)
+    if path is not None and not path.is_dir():
+        return settings
+    return Toolkit(settings).model_settings

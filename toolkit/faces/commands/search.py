@@ -1,0 +1,52 @@
+"""`toolkit search`: products most similar to a photo or a text."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from toolkit.faces.commands.output import out, print_json
+from toolkit.core import Toolkit
+from toolkit.ground.errors import QueryError
+from toolkit.ground.models import Hit
+
+
+def search(
+    text: Optional[str] = typer.Argument(None, help="What to look for, e.g. \"red summer dress\"."),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="A photo to find similar products to."),
+    k: int = typer.Option(10, "-k", help="How many products to return (1-200)."),
+    where: list[str] = typer.Option([], "--where", "-w",
+                                    help="Filter, repeatable: colour=black, article_type=Sandals, price<50, attr.brand=Puma."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop results scoring under this."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Find products by TEXT or by --image PHOTO (or both)."""
+    if text is None and image is None:
+        raise QueryError("nothing to search for; give a TEXT query or --image PATH")
+    import store.chroma
+
+    store.chroma.BUILD_FILTER_INDEX = False  # one query, then exit: use a saved filter index, never start a build
+    hits = Toolkit().search(text=text, image=image, k=k, where=where, min_score=min_score)
+    if as_json:
+        print_json(hits)
+    else:
+        print_table(hits)
+
+
+def print_table(hits: list[Hit]) -> None:
+    """One block per product: readable at any terminal width, and in logs."""
+    if not hits:
+        out.print("no results")
+        return
+    for n, h in enumerate(hits, 1):
+        price = f"{h.price:.2f} {h.currency or ''}".strip() if h.price is not None else ""
+        head = f"[bold]{n:>2}.[/] {h.score:.3f}  {h.product_id or '-'}  {h.title or '(no catalog entry)'}"
+        out.print(f"{head}  {price}".rstrip(), highlight=False, soft_wrap=True)
+        if h.url:
+            out.print(f"     buy:   {h.url}", highlight=False, soft_wrap=True)
+        if h.tags:
+            tags = "  ".join(f"{g}={v}" for g, v in sorted(h.tags.items()))
+            out.print(f"     tags:  {tags}", highlight=False, soft_wrap=True)
+        moment = f"  at {h.timestamp:.1f}s" if h.timestamp is not None else ""
+        out.print(f"     media: {h.media_uri}{moment}", highlight=False, soft_wrap=True)

@@ -1,0 +1,1 @@
+"""Media decoding shared by ingest and search: images, video frames and their limits."""

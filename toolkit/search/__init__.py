@@ -1,0 +1,1 @@
+"""Search: queries, filters, facets and ranking over the store."""

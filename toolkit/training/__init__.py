@@ -1,0 +1,1 @@
+"""Training the offline model's heads from labelled photos (beside core, not inside it)."""
