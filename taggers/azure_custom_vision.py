@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterator, Sequence
 
 from PIL import Image, ImageOps
 
+from taggers.base import TaggerBase
 from taggers.label_mapping import LabelMapping
 from taggers.resilience import (CallStats, ItemFailed, Kind, Outcome, RateLimiter, RetryPolicy,
                                 call_with_retries, first_line, parse_retry_after, run_pool)
@@ -40,7 +41,7 @@ _REQUIRED = {
 }
 
 
-class AzureCustomVisionTagger:
+class AzureCustomVisionTagger(TaggerBase):
     name: ClassVar[str] = "azure"
     media_types: ClassVar[frozenset[str]] = frozenset({"image"})
     billing_unit: ClassVar[str] = "image"

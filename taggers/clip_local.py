@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,11 @@ from typing import TYPE_CHECKING, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from taggers.base import Embedder
+from taggers.base import Embedder, FeatureEmbedder, ScaledEmbedder, TaggerBase, wants_features
 
 if TYPE_CHECKING:
     from taggers.offline.tag_heads import TagHeads
+from toolkit.ground.files import atomic_path
 from toolkit.ground.errors import ConfigError, TaggerError
 from toolkit.ground.models import Media, Tag, TagResult
 
@@ -76,7 +76,7 @@ def _group(name: str, spec: object, where: str) -> Group:
     return Group(name, tuple(templates), tuple(dict.fromkeys(labels)), spec.get("column"))
 
 
-class LocalTagger:
+class LocalTagger(TaggerBase):
     """Tags from frame embeddings (`media.embeddings`, filled by the pipeline) against a vocabulary."""
 
     name: ClassVar[str] = "local"
@@ -84,11 +84,14 @@ class LocalTagger:
     #: The pipeline runs it after embedding; taggers without it run alongside the model.
     needs_embeddings: ClassVar[bool] = True
 
-    def __init__(self, embedder: Embedder, vocabulary: Path | None = None, threshold: float = 0.35) -> None:
+    def __init__(self, embedder: Embedder, vocabulary: Path | None = None, threshold: float = 0.35,
+                 cache: Path | None = None) -> None:
+        """`cache`: a folder to keep the label embeddings in across runs (DATA_DIR/cache); None: none."""
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"TOOLKIT_TAG_THRESHOLD={threshold} must be between 0 and 1")
         self.embedder = embedder
         self.threshold = threshold
+        self.cache = cache
         self.groups = load_vocabulary(vocabulary)
         self._label_embs: dict[str, np.ndarray] | None = None
         self._columns: dict[str, np.ndarray] | None = None
@@ -104,14 +107,11 @@ class LocalTagger:
             return self._label_embs
 
     def _label_cache_path(self) -> Path | None:
-        model_id = getattr(self.embedder, "model_id", None)
-        if not isinstance(model_id, str):
+        if self.cache is None:
             return None
-        from taggers.offline.model import cache_dir
-
-        spec = json.dumps([model_id, [(g.name, g.templates, g.labels) for g in self.groups]], sort_keys=True)
-        cache = getattr(self.embedder, "cache", None) or cache_dir()  # the embedder's data dir when it has one
-        return Path(cache) / "labels" / f"{hashlib.sha256(spec.encode()).hexdigest()[:20]}.npz"
+        spec = json.dumps([self.embedder.model_id, [(g.name, g.templates, g.labels) for g in self.groups]],
+                          sort_keys=True)
+        return Path(self.cache) / "labels" / f"{hashlib.sha256(spec.encode()).hexdigest()[:20]}.npz"
 
     def _cached_label_embeddings(self) -> dict[str, np.ndarray]:
         path = self._label_cache_path()
@@ -123,10 +123,8 @@ class LocalTagger:
                 pass  # a damaged cache is rebuilt below
         embs = {g.name: self._embed_group(g) for g in self.groups}
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, **embs)
-            os.replace(tmp, path)  # atomic: a parallel run never reads half a file
+            with atomic_path(path) as tmp:  # a parallel run never reads half a file
+                np.savez(tmp, **embs)
         return embs
 
     def _embed_group(self, group: Group) -> np.ndarray:
@@ -142,22 +140,19 @@ class LocalTagger:
         vocabulary, the threshold and the scoring's revision. Stored with the tags, so that
         `toolkit tag --retag` finds the items an earlier version tagged (None without a model id).
         Worked out once: a run asks for every item it lists."""
-        model_id = getattr(self.embedder, "model_id", None)
-        if not isinstance(model_id, str):
-            return None
-        spec = [SCORING_REVISION, model_id, str(getattr(self.embedder, "tags_id", "")), self.threshold,
+        tags_id = self.embedder.tags_id if isinstance(self.embedder, FeatureEmbedder) else ""
+        spec = [SCORING_REVISION, self.embedder.model_id, tags_id, self.threshold,
                 [(g.name, g.templates, g.labels) for g in self.groups]]
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def scale(self) -> float:
-        return float(getattr(self.embedder, "logit_scale", DEFAULT_LOGIT_SCALE))
+        return float(self.embedder.logit_scale) if isinstance(self.embedder, ScaledEmbedder) else DEFAULT_LOGIT_SCALE
 
     # ---- the model's label classifiers, where it has them ----
     def tag_heads(self) -> "TagHeads | None":
         """The embedder's label classifiers, if it has any (the offline model's)."""
-        get = getattr(self.embedder, "tag_heads", None)
-        return get() if callable(get) else None
+        return self.embedder.tag_heads() if isinstance(self.embedder, FeatureEmbedder) else None
 
     def classifier_columns(self) -> dict[str, np.ndarray]:
         """Group -> the classifier's output index of each of the group's labels, for the groups
@@ -282,9 +277,7 @@ class LocalTagger:
         if not media.frames:
             raise TaggerError(f"{media.ref.key}: no frames to tag")
         images = [f.image for f in media.frames]
-        from toolkit.ingest.embedding import wants_features
-
         if self.classifier_columns() and wants_features(self.embedder):
-            embs, feats = self.embedder.embed_images_with_features(images)  # type: ignore[attr-defined]
+            embs, feats = self.embedder.embed_images_with_features(images)  # type: ignore[union-attr]
             return np.asarray(embs, dtype=np.float32), np.asarray(feats, dtype=np.float32)
         return np.asarray(self.embedder.embed_images(images), dtype=np.float32), None

@@ -15,14 +15,13 @@ from PIL import Image
 
 from toolkit.ground.errors import ModelError
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 _FIX = "set TOOLKIT_CLIP_MODEL to a local folder holding the CLIP model, or use TOOLKIT_MODEL=offline"
 
 
 class ClipEmbedder:
     """CLIP image and text towers; rows L2-normalised float32 in CLIP's projection space."""
 
-    def __init__(self, name_or_path: str = DEFAULT_CLIP, batch_size: int = 32, threads: int = 0) -> None:
+    def __init__(self, name_or_path: str, batch_size: int = 32, threads: int = 0) -> None:
         self.name_or_path = str(name_or_path)
         self.batch_size = batch_size
         self.threads = threads

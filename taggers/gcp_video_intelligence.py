@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 from urllib.parse import urlparse
 
+from taggers.base import TaggerBase
 from taggers.gcs_staging import SCOPE, GcsStager
 from taggers.label_mapping import UNMAPPED_GROUP, LabelMapping
 from taggers.resilience import (CallStats, Cancelled, ItemFailed, Kind, Outcome, RateLimiter, RetryPolicy,
@@ -43,7 +44,7 @@ class OperationTimedOut(Exception):
     pass
 
 
-class VideoIntelligenceTagger:
+class VideoIntelligenceTagger(TaggerBase):
     name: ClassVar[str] = "gcp"
     media_types: ClassVar[frozenset[str]] = frozenset({"video"})
     billing_unit: ClassVar[str] = "minute"
@@ -54,7 +55,8 @@ class VideoIntelligenceTagger:
     def __init__(self, *, endpoint: str | None = None, staging_bucket: str | None = None, rate: float = 1.0,
                  concurrency: int = 8, max_retries: int = 5, timeout: float = 600.0, poll_interval: float = 1.0,
                  rpc_timeout: float = 300.0, inline_limit: int = INLINE_LIMIT, mapping: LabelMapping | None = None,
-                 retry: RetryPolicy | None = None, credentials: Any = None) -> None:
+                 retry: RetryPolicy | None = None, credentials: Any = None,
+                 credentials_file: Path | None = None) -> None:
         self.endpoint = (endpoint or "").strip() or None
         self.staging_bucket = staging_bucket
         self.concurrency = concurrency
@@ -67,6 +69,7 @@ class VideoIntelligenceTagger:
         self.limiter = RateLimiter(rate)
         self.stats = CallStats(service="gcp", rate=rate)
         self._given_credentials = credentials
+        self._credentials_file = credentials_file
         self._client_lock = threading.Lock()
         self._client_obj = None
         self._stager = GcsStager(staging_bucket, self._credentials) if staging_bucket else None
@@ -81,7 +84,7 @@ class VideoIntelligenceTagger:
         call (the key file variable, or gcloud's application-default login)."""
         if (settings.gcp_vi_endpoint or "").strip():
             return True
-        if os.environ.get(SETTING_CREDENTIALS, "").strip():
+        if settings.google_application_credentials:
             return True
         return _gcloud_adc_file().is_file()
 
@@ -93,7 +96,8 @@ class VideoIntelligenceTagger:
         return cls(endpoint=settings.gcp_vi_endpoint, staging_bucket=bucket, rate=settings.gcp_rate,
                    concurrency=settings.concurrency, max_retries=settings.max_retries,
                    timeout=settings.gcp_timeout, poll_interval=settings.gcp_poll_interval,
-                   mapping=LabelMapping.load(settings.label_mapping))
+                   mapping=LabelMapping.load(settings.label_mapping),
+                   credentials_file=settings.google_application_credentials)
 
     # -- the Tagger protocol ------------------------------------------------------------
 
@@ -239,13 +243,19 @@ class VideoIntelligenceTagger:
         import google.auth
         from google.auth.exceptions import DefaultCredentialsError
 
-        path = os.environ.get(SETTING_CREDENTIALS, "").strip()
-        if path and not Path(path).is_file():
+        path = self._credentials_file
+        if path is not None and not Path(path).is_file():
             raise FatalTaggerError(f"{SETTING_CREDENTIALS} names {path}, which is not a file; "
                                    "point it at a service-account key JSON")
         try:
-            credentials, _ = google.auth.default(scopes=[SCOPE])
-        except DefaultCredentialsError:
+            if path is not None:
+                credentials, _ = google.auth.load_credentials_from_file(str(path), scopes=[SCOPE])
+            else:  # google-auth's own chain: its variable, gcloud's login, the metadata server
+                credentials, _ = google.auth.default(scopes=[SCOPE])
+        except DefaultCredentialsError as err:
+            if path is not None:
+                raise FatalTaggerError(f"{SETTING_CREDENTIALS} names {path}, which Google cannot read as a key "
+                                       f"({first_line(str(err))}); point it at a service-account key JSON") from None
             raise FatalTaggerError(f"no Google credentials found: set {SETTING_CREDENTIALS} to a service-account "
                                    "key JSON (or run `gcloud auth application-default login`)") from None
         self._given_credentials = credentials

@@ -20,7 +20,8 @@ from PIL import Image
 from tests.conftest import wait_for
 from tests.helpers import ColourEmbedder, free_port
 from tests.service_helpers import build_catalog, running_server
-from toolkit.faces.api import create_app, header_timeout_protocol
+from toolkit.faces.api import create_app
+from toolkit.faces.api_server import header_timeout_protocol
 from toolkit.core import Toolkit
 from toolkit.media.decode import DECODES, PixelBudget, decode_image
 from toolkit.ground.settings import Settings

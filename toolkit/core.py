@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from taggers.base import provenance_of
 from toolkit import registry
 from toolkit.ground.errors import ConfigError, ModelMismatchError, ToolkitError
 from toolkit.search.filters import Where
@@ -186,8 +187,7 @@ class Toolkit:
     def _note_made_with(self) -> None:
         """Record on the collection how this machine computed the vectors it wrote (precision, CPU):
         a store moved to another machine keeps saying where its vectors came from."""
-        provenance = getattr(self.embedder, "provenance", None)  # optional on embedders (taggers/base.py)
-        line = provenance() if provenance else None
+        line = provenance_of(self.embedder)
         if line:
             self.store.note_made_with(line)
 

@@ -20,6 +20,19 @@ PRODUCT_FIELDS = ("product_id", "title", "price", "currency", "url")
 ATTR_PREFIX = "attr_"
 TAG_PREFIX = "tag_"
 
+# Which record fields filters read: the one list search, facets, the API and the store's filter
+# index share. A filter names one of DIRECT_FIELDS, a tag group, or `attr.<catalog attribute>`.
+#: Fields stored as-is on every record.
+DIRECT_FIELDS = ("product_id", "title", "currency", "kind", "price", "media_id", "uri", "key", "timestamp")
+#: Those compared as numbers (price<50).
+NUMERIC_FIELDS = ("price", "timestamp")
+#: Those offered as filter menus (GET /api/facets, the page).
+MENU_FIELDS = ("kind", "product_id", "currency")
+#: Those the store's filter index keeps a column for: the categorical and numeric ones, not the
+#: per-record unique ones (ids, uris, titles), whose dictionaries cost more than a scan.
+INDEXED_CATEGORICAL = ("kind", "currency")
+INDEXED_NUMERIC = NUMERIC_FIELDS
+
 
 def media_id(uri: str) -> str:
     return hashlib.sha1(uri.encode("utf-8")).hexdigest()[:20]

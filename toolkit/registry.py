@@ -131,7 +131,8 @@ def store(settings: Settings, embedder: "Embedder", collection: str | None = Non
 def _local_tagger(settings: Settings, embedder: "Embedder") -> "Tagger":
     from taggers.clip_local import LocalTagger
 
-    return LocalTagger(embedder, vocabulary=settings.vocabulary, threshold=settings.tag_threshold)
+    return LocalTagger(embedder, vocabulary=settings.vocabulary, threshold=settings.tag_threshold,
+                       cache=settings.data_dir / "cache")
 
 
 def _azure(settings: Settings, embedder: "Embedder") -> "Tagger":

@@ -7,28 +7,27 @@ own exceptions, turned into status codes in one place (`STATUS`).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from pydantic import BaseModel, ValidationError
 
 from toolkit.core import Toolkit
+from toolkit.faces.api_errors import BodyLimit, JsonErrors, UnsupportedUpload, UploadTooLarge, add_error_handlers
+from toolkit.faces.api_schemas import (FacetsOut, Health, HitOut, ModelInfo, SearchOptions, SearchResponse, StoreInfo,
+                                       TextSearch, errors)
 from toolkit.faces.current import CurrentToolkit
-from toolkit.ground.errors import (ConfigError, MediaError, ModelError, ModelMismatchError, NotFoundError, QueryError,
-                            StoreError, ToolkitError, shown)
+from toolkit.ground.errors import (MediaError, QueryError,
+                            shown)
 from toolkit.search.facets import FacetCache, Facets
 from toolkit.media.decode import set_decode_budget, sniff
 from toolkit.faces.media_server import MediaServer, Redirect
 from toolkit.ground.models import Hit
-from toolkit.search.query import MAX_K
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: JSON requests are small; only the image upload gets a larger body limit.
@@ -36,157 +35,7 @@ JSON_BODY_LIMIT = 64 * 1024
 #: Room for the multipart framing and the form fields sent with an upload.
 MULTIPART_SLACK = 64 * 1024
 MiB = 1024 * 1024
-#: Seconds a client is asked to wait (Retry-After) when the store or the model cannot answer.
-RETRY_AFTER = 5
-#: A client has this many seconds to send a request's line and headers: one that sends a byte
-#: a second would otherwise hold a connection (and its slot) for ever.
-HEADER_TIMEOUT = 10.0
-#: uvicorn closes a kept-alive connection idle this long.
-KEEP_ALIVE = 5
 
-log = logging.getLogger("toolkit.faces.api")
-
-
-class UploadTooLarge(QueryError):
-    """The uploaded image is over TOOLKIT_MAX_UPLOAD_MB."""
-
-
-class UnsupportedUpload(QueryError):
-    """The uploaded file is not an image the service can read."""
-
-
-#: The one place a toolkit exception becomes a status code; the most specific class wins.
-STATUS: dict[type[Exception], int] = {
-    UploadTooLarge: 413, UnsupportedUpload: 415, NotFoundError: 404, QueryError: 422,
-    MediaError: 404,  # a stored file that is gone or unreadable
-    ModelMismatchError: 503, ModelError: 503, StoreError: 503, ConfigError: 503, ToolkitError: 500,
-}
-
-
-def status_for(exc: Exception) -> int:
-    return next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
-
-
-# -- request and response models ---------------------------------------------------------------
-
-FilterValue = str | int | float
-QueryText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
-
-
-class SearchOptions(BaseModel):
-    """What every search takes besides its query."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int = Field(10, ge=1, le=MAX_K, description="Most products to return.")
-    filters: dict[str, FilterValue] = Field(
-        default_factory=dict, examples=[{"colour": "black", "attr.brand": "Puma"}],
-        description="Exact matches, all required: a tag group (`colour`, `article_type`, ...), a catalog "
-                    "attribute as `attr.<column>`, or `kind`, `product_id`, `currency`. "
-                    "GET /api/facets lists the fields this store has.")
-    price_min: float | None = Field(None, ge=0, allow_inf_nan=False, description="Lowest price, inclusive.")
-    price_max: float | None = Field(None, ge=0, allow_inf_nan=False, description="Highest price, inclusive.")
-    min_score: float | None = Field(None, allow_inf_nan=False,
-                                    description="Leave out products scoring under this, so fewer than k may come back.")
-
-    @field_validator("filters", mode="before")
-    @classmethod
-    def _text_values(cls, filters: object) -> object:
-        """Tags, kinds and ids are text: `{"colour": true}` would match nothing, silently. A
-        number is taken for a catalog attribute (`attr.size`), as its text."""
-        if not isinstance(filters, dict):
-            return filters
-        out = {}
-        for name, value in filters.items():
-            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if numeric and str(name).startswith("attr."):
-                value = str(int(value)) if float(value).is_integer() else str(value)
-            elif not isinstance(value, str):
-                raise ValueError(f"filter {shown(name)} takes a text value, e.g. \"black\"; "
-                                 f"got {json.dumps(value)[:40]}")
-            if not value.strip():
-                raise ValueError(f"filter {shown(name)} has an empty value")
-            out[name] = value
-        return out
-
-
-class TextSearch(SearchOptions):
-    text: QueryText = Field(description="What to look for, e.g. \"Puma black running shoes\".")
-
-
-class HitOut(BaseModel):
-    product_id: str | None
-    title: str | None
-    price: float | None
-    currency: str | None
-    url: str | None = Field(description="Where to buy the product (the catalog's link).")
-    score: float = Field(description="Vector similarity, plus the keyword bonus for text queries.")
-    tags: dict[str, str]
-    attributes: dict[str, str]
-    media_id: str
-    kind: Literal["image", "video"]
-    timestamp: float | None = Field(description="For a video hit: the second of the frame that matched.")
-    image_url: str = Field(description="The matched picture (the video frame for a video), served by this service.")
-
-    @classmethod
-    def of(cls, hit: Hit) -> "HitOut":
-        # media_uri stays server-side: clients get pictures through image_url, never a path.
-        image_url = f"/media/{hit.media_id}" + (f"?t={hit.timestamp:g}" if hit.timestamp is not None else "")
-        return cls(product_id=hit.product_id, title=hit.title, price=hit.price, currency=hit.currency, url=hit.url,
-                   score=hit.score, tags=hit.tags, attributes={k: str(v) for k, v in hit.attributes.items()},
-                   media_id=hit.media_id, kind=hit.kind, timestamp=hit.timestamp, image_url=image_url)
-
-
-class SearchResponse(BaseModel):
-    hits: list[HitOut]
-    count: int
-    k: int
-    took_ms: float
-
-
-class StoreInfo(BaseModel):
-    backend: str
-    collection: str
-    records: int
-
-
-class ModelInfo(BaseModel):
-    id: str
-    dim: int
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-    store: StoreInfo
-    model: ModelInfo
-    hybrid_weight: float
-    max_upload_mb: float
-
-
-class FacetsOut(BaseModel):
-    fields: list[str] = Field(description="Every name a filter may use.")
-    tags: dict[str, dict[str, int]] = Field(description="Tag group -> label -> media count.")
-    attributes: dict[str, dict[str, int]] = Field(description="Catalog attributes with few values -> value -> count.")
-    kinds: dict[str, int]
-    price_min: float | None
-    price_max: float | None
-
-
-class FieldError(BaseModel):
-    field: str
-    message: str
-
-
-class ErrorOut(BaseModel):
-    detail: str = Field(description="What is wrong and what to do about it.")
-    errors: list[FieldError] | None = Field(None, description="For 422 on request fields: each field's problem.")
-
-
-def errors(*codes: int) -> dict[int | str, dict]:
-    return {code: {"model": ErrorOut} for code in codes}
-
-
-# -- filters ---------------------------------------------------------------------------------
 
 def build_where(options: SearchOptions, facets: Facets | None) -> dict[str, object]:
     """API filters -> the `--where` mapping Toolkit.search takes. Unknown fields are refused, since a
@@ -226,7 +75,7 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limits={"/api/search/image": upload_limit + MULTIPART_SLACK},
                        default=JSON_BODY_LIMIT, message=_too_large(tk.settings.max_upload_mb))
     app.add_middleware(JsonErrors)  # added last, so outside the others: it catches what they let through
-    _add_error_handlers(app)
+    add_error_handlers(app)
 
     def run(options: SearchOptions, search) -> SearchResponse:
         started = time.perf_counter()
@@ -317,8 +166,8 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
 
 
 def _recommend_routes(tk: Toolkit):
-    """/api/recommend/... and /api/events (toolkit/faces/recommend_api.py), over one events database per service."""
-    from toolkit.faces.recommend_api import router
+    """/api/recommend/... and /api/events (toolkit/faces/api_recommend.py), over one events database per service."""
+    from toolkit.faces.api_recommend import router
 
     return router(lambda: tk.recommend, errors)
 
@@ -371,144 +220,3 @@ def _validated(model: type[BaseModel], **fields) -> SearchOptions:
         return model(**fields)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-
-
-class BodyLimit:
-    """Refuse request bodies over a per-path limit with a 413 and a message, without reading them.
-
-    A declared Content-Length over the limit is refused at once; a body without one is
-    counted as it streams in, and reading stops at the limit.
-    """
-
-    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int, message: str) -> None:
-        self.app, self.limits, self.default, self.message = app, limits, default, message
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        limit = self.limits.get(scope["path"], self.default)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await JSONResponse({"detail": self.message}, status_code=413)(scope, receive, send)
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                # An HTTPException passes through FastAPI's body parsing to the error handlers.
-                raise StarletteHTTPException(413, detail=self.message)
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ToolkitError)
-    async def toolkit_error(request: Request, exc: ToolkitError) -> JSONResponse:
-        return error_response(status_for(exc), str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        bad_json = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
-        if bad_json is not None:  # its loc holds a character offset, not a field
-            where = bad_json.get("loc", ())[-1]
-            why = (bad_json.get("ctx") or {}).get("error") or bad_json.get("msg", "invalid")
-            message = f"not valid JSON ({why} at character {where}); send a JSON object, e.g. {{\"text\": \"black sandals\"}}"
-            return JSONResponse({"detail": f"request body: {message}",
-                                 "errors": [{"field": "body", "message": message}]}, status_code=422)
-        errors = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
-                   "message": e.get("msg", "invalid").removeprefix("Value error, ")} for e in exc.errors()]
-        detail = "; ".join(f"{e['field'] or 'request'}: {e['message']}" for e in errors)
-        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
-def error_response(status: int, detail: str) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
-def unexpected(exc: Exception) -> tuple[int, str]:
-    """Status and message for an exception no handler knows. The store's own errors (Chroma's,
-    or the HTTP client's to a Chroma server) mean it cannot answer now: 503, try again."""
-    module = type(exc).__module__ or ""
-    if module.startswith(("chromadb", "httpx", "httpcore", "sqlite3")):
-        return 503, (f"the store cannot answer now ({type(exc).__name__}); retry in a few seconds, "
-                     "and check the server log if it persists")
-    return 500, (f"internal error ({type(exc).__name__}); the server log has the details; "
-                 "retry, and report it if it persists")
-
-
-class JsonErrors:
-    """The last word on errors: whatever no handler took becomes the same JSON `{"detail"}` as a
-    4xx, and the connection stays usable. Starlette's own fallback answers text/plain and raises
-    again, and uvicorn then drops the kept-alive connection without `Connection: close`, so the
-    client's next request fails too."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = False
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        except Exception as exc:
-            if started:  # too late for a status: the client sees a cut response
-                raise
-            status, detail = unexpected(exc)
-            log.error("%s %s answered %d: %s", scope.get("method"), scope.get("path"), status, detail,
-                      exc_info=exc)
-            await error_response(status, detail)(scope, receive, send)
-
-
-def run_server(app: FastAPI, host: str, port: int) -> None:
-    """uvicorn, with a deadline for each request's headers (uvicorn's keep-alive timer restarts
-    on every byte, so a client sending one a second was never timed out)."""
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, log_level="warning", http=header_timeout_protocol(),
-                timeout_keep_alive=KEEP_ALIVE)
-
-
-def header_timeout_protocol(timeout: float = HEADER_TIMEOUT) -> type:
-    """uvicorn's HTTP protocol (httptools, else h11) that closes a connection whose next
-    request's headers have not all arrived `timeout` seconds after it opened or after the last
-    response. Both protocols start a new request cycle once the headers are complete."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
-    except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
-
-    class HeaderTimeout(Base):  # type: ignore[misc, valid-type]
-        def connection_made(self, transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm_header_timer()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm_header_timer()
-
-        def _arm_header_timer(self) -> None:
-            cycle = self.cycle
-            self.loop.call_later(timeout, self._headers_overdue, cycle)
-
-        def _headers_overdue(self, cycle_then) -> None:
-            # Still the cycle of the previous request (or none): this one's headers never came.
-            if self.cycle is cycle_then and not self.transport.is_closing():
-                if cycle_then is None or cycle_then.response_complete:
-                    self.transport.close()
-
-    return HeaderTimeout

@@ -1,9 +1,13 @@
-"""Settings from the environment and `.env`. Every field here is listed in `.env.example`."""
+"""Settings from the environment and `.env`: the one place the toolkit reads its configuration.
+
+Every field here is listed in `.env.example`. Other modules take values from a Settings object
+(or read a field's default with `default_of`), never from os.environ, and never restate a default.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from dotenv import load_dotenv
 from pydantic import Field, SecretStr
@@ -12,8 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="TOOLKIT_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
-        env_ignore_empty=True
+        # `.env` is read once, by load_settings, into the environment (the cloud SDKs read it there);
+        # Settings reads the environment.
+        env_prefix="TOOLKIT_", extra="ignore", env_ignore_empty=True, populate_by_name=True,
     )
 
     # Where things are kept
@@ -63,6 +68,9 @@ class Settings(BaseSettings):
     azure_timeout: float = Field(30.0, gt=0, description="Seconds to wait for one Custom Vision answer before retrying.")
 
     # Google Video Intelligence
+    google_application_credentials: Path | None = Field(
+        None, validation_alias="GOOGLE_APPLICATION_CREDENTIALS",
+        description="Google service-account key JSON (Google's own variable, no TOOLKIT_ prefix); empty: gcloud's application-default login.")
     gcp_vi_endpoint: str | None = Field(None, description="Video Intelligence endpoint override (host:port); empty for Google's.")
     gcp_staging_bucket: str | None = Field(None, description="gs:// bucket where videos over the inline limit are staged.")
     gcp_rate: float = Field(1.0, gt=0, description="Most Video Intelligence requests (annotate and status checks) per second; Google's default quota is 60 a minute.")
@@ -89,6 +97,11 @@ class Settings(BaseSettings):
     def uses_chroma_server(self) -> bool:
         return bool(self.chroma_host and self.chroma_port)
 
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """The environment variable that sets field `name`."""
+        return cls.model_fields[name].validation_alias or f"TOOLKIT_{name.upper()}"  # type: ignore[return-value]
+
     def masked(self) -> dict[str, str]:
         """Settings in force, secrets shown only as set or unset."""
         out: dict[str, str] = {}
@@ -99,6 +112,11 @@ class Settings(BaseSettings):
             else:
                 out[name] = "" if value is None else str(value)
         return out
+
+
+def default_of(name: str) -> Any:
+    """A setting's default, for code that needs it without a Settings object (a function's default)."""
+    return Settings.model_fields[name].default
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -11,13 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from toolkit.records import ATTR_PREFIX, TAG_PREFIX
+from toolkit.records import ATTR_PREFIX, MENU_FIELDS, TAG_PREFIX
 
 if TYPE_CHECKING:
     from store.base import VectorStore
 
-#: Record fields a filter may name directly (besides tag groups and `attr.<name>`).
-DIRECT_FILTERS = ("kind", "product_id", "currency")
 #: Attributes with more distinct values than this are not offered as a menu.
 MAX_MENU_VALUES = 60
 
@@ -35,7 +33,7 @@ class Facets:
 
     def filter_fields(self) -> list[str]:
         """Every field name a filter may use, as written in `--where`."""
-        return sorted(self.tags) + sorted(f"attr.{a}" for a in self.attributes) + list(DIRECT_FILTERS)
+        return sorted(self.tags) + sorted(f"attr.{a}" for a in self.attributes) + list(MENU_FIELDS)
 
     def menus(self) -> dict[str, dict[str, int]]:
         """Attributes with few enough values to offer as a menu."""

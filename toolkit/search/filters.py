@@ -9,13 +9,10 @@ import re
 from typing import Mapping, Sequence
 
 from toolkit.ground.errors import QueryError
-from toolkit.records import ATTR_PREFIX, filter_token
+from toolkit.records import ATTR_PREFIX, DIRECT_FIELDS, NUMERIC_FIELDS, filter_token
 
 _OPS = {"=": "$eq", "!=": "$ne", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
 _EXPR = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(!=|<=|>=|=|<|>)\s*(.+?)\s*$")
-#: Fields stored as-is on every record; anything else is a tag group or a catalog attribute.
-DIRECT_FIELDS = {"product_id", "title", "currency", "kind", "price", "media_id", "uri", "key", "timestamp"}
-NUMERIC_FIELDS = {"price", "timestamp"}
 
 Where = Mapping[str, object] | Sequence[str] | str | None
 

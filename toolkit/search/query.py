@@ -17,6 +17,7 @@ from toolkit.media.decode import decode_image
 from toolkit.ground.models import Hit
 from toolkit.search.ranking import query_words, rerank
 from toolkit.records import hit_from_metadata
+from toolkit.ground.settings import default_of
 
 if TYPE_CHECKING:
     from store.chroma import ChromaStore
@@ -27,7 +28,7 @@ MAX_K = 200
 #: exact word can lift a product from well below the top k. Each record read costs about
 #: 0.25 ms of metadata (bench/api_latency.py), so this is a latency budget as much as a depth.
 HYBRID_RECORDS = 100
-DEFAULT_HYBRID_WEIGHT = 0.3
+DEFAULT_HYBRID_WEIGHT: float = default_of("hybrid_weight")
 
 
 ImageQuery = str | Path | bytes | Image.Image

@@ -16,7 +16,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
         print_json({**masked, "precision_in_force": in_force})
         return
     for name, value in masked.items():
-        out.print(f"TOOLKIT_{name.upper():<28} {value}", highlight=False, soft_wrap=True)
+        out.print(f"{Settings.variable(name):<36} {value}", highlight=False, soft_wrap=True)
     out.print(f"{'precision in force':<37} {in_force}", highlight=False, soft_wrap=True)
 
 

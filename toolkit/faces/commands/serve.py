@@ -16,7 +16,8 @@ def serve(
     store it also shares the store with the other toolkit commands run meanwhile (see README,
     "Several processes, one store")."""
     from store.chroma import hosting
-    from toolkit.faces.api import create_app, run_server
+    from toolkit.faces.api import create_app
+    from toolkit.faces.api_server import run_server
     from toolkit.faces.memory import bound_malloc
 
     bound_malloc()  # before any thread starts: see toolkit/faces/memory.py
