@@ -164,7 +164,7 @@ def filter_index_dir(chroma_path: Path | None, collection_id: object) -> Path | 
 def describe_location(settings: "Settings") -> str:
     if settings.uses_chroma_server:
         return f"chroma server {settings.chroma_host}:{settings.chroma_port}"
-    return f"embedded chroma at {settings.resolved_chroma_path}"
+    return f"embedded chroma at {embedded_path(settings)}"
 
 
 class ChromaStore:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from taggers.base import provenance_of
 from toolkit import registry
-from toolkit.ground.errors import ConfigError, ModelMismatchError, ToolkitError
+from toolkit.ground.errors import ConfigError, EmptyStoreError, ModelMismatchError, ToolkitError
 from toolkit.search.filters import Where
 from toolkit.ground.models import Hit, RunReport
 from toolkit.ground.settings import Settings, load_settings
@@ -65,6 +65,7 @@ class Toolkit:
         self.batch_queries = False
         self._batcher: Any = None
         self._batcher_lock = threading.Lock()
+        self._has_items = False
 
     # Heavy parts load on first use, so constructing a Toolkit (and `toolkit --help`) is instant.
     @property
@@ -212,6 +213,7 @@ class Toolkit:
         validate_k(k)
         to_chroma_where(where)
         picture = load_query_image(image) if image is not None else None
+        self._require_items()
         return search(self.query_embedder, self.store, text=text, image=picture, k=k, where=where, min_score=min_score,
                       hybrid_weight=self.settings.hybrid_weight)
 
@@ -220,7 +222,25 @@ class Toolkit:
         """Products like a product or media item already in the store, by its product_id or media_id."""
         from toolkit.search.query import more_like_this
 
+        self._require_items()
         return more_like_this(self.store, id, k=k, where=where, min_score=min_score)
+
+    def _require_items(self) -> None:
+        """An empty store answers every query with nothing: say so, naming the store and the fix,
+        instead of "no results". A search from a folder without a store does not create one."""
+        if self._has_items:
+            return
+        from store.chroma import describe_location
+
+        fresh = not self.settings.uses_chroma_server and not self.settings.resolved_chroma_path.exists()
+        if fresh or self.store.count() == 0:
+            where = describe_location(self.settings)
+            name = self.settings.collection if fresh else self.collection
+            raise EmptyStoreError(
+                f"nothing tagged in collection {name!r} of the {where} yet: run "
+                "`toolkit tag SOURCE` (a folder or s3://bucket/prefix), or set TOOLKIT_DATA_DIR to the "
+                "folder that holds your store")
+        self._has_items = True  # a store that held items once is not checked on every query
 
     def import_catalog(self, path: str | Path) -> "ImportReport":
         """Load products from a CSV and link them to the media they name. Re-importing updates."""

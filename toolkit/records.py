@@ -149,4 +149,4 @@ def hit_from_metadata(meta: Metadata, score: float) -> Hit:
                price=float(price) if price is not None else None, currency=meta.get("currency"),
                url=meta.get("url"), score=round(float(score), 4), tags=tags, media_uri=meta.get("uri", ""),
                timestamp=meta.get("timestamp"), media_id=meta.get("media_id", ""),
-               kind=meta.get("kind", "image"), attributes=attrs)
+               kind=meta.get("kind", "image"), attributes=attrs, media_key=meta.get("key", ""))

@@ -65,6 +65,8 @@ class HitOut(BaseModel):
     tags: dict[str, str]
     attributes: dict[str, str]
     media_id: str
+    media_key: str = Field(description="The matched media's key relative to its source (images/10001.jpg, or the "
+                                       "S3 key under the tagged prefix); never a path on the server.")
     kind: Literal["image", "video"]
     timestamp: float | None = Field(description="For a video hit: the second of the frame that matched.")
     image_url: str = Field(description="The matched picture (the video frame for a video), served by this service.")
@@ -75,7 +77,7 @@ class HitOut(BaseModel):
         image_url = f"/media/{hit.media_id}" + (f"?t={hit.timestamp:g}" if hit.timestamp is not None else "")
         return cls(product_id=hit.product_id, title=hit.title, price=hit.price, currency=hit.currency, url=hit.url,
                    score=hit.score, tags=hit.tags, attributes={k: str(v) for k, v in hit.attributes.items()},
-                   media_id=hit.media_id, kind=hit.kind, timestamp=hit.timestamp, image_url=image_url)
+                   media_id=hit.media_id, media_key=hit.media_key, kind=hit.kind, timestamp=hit.timestamp, image_url=image_url)
 
 
 class SearchResponse(BaseModel):

@@ -58,6 +58,10 @@ class NotFoundError(QueryError):
     """A search names a product or media id that is not in the store."""
 
 
+class EmptyStoreError(NotFoundError):
+    """A search or recommendation asks a store that holds nothing yet; the message names the store."""
+
+
 def shown(value: object, limit: int = 60) -> str:
     """A user-given value quoted in a message, cut short: a 5,000-character id echoed whole
     would bury the message (and a log line) under the client's input."""

@@ -118,6 +118,9 @@ class Hit:
     media_id: str
     kind: MediaKind = "image"
     attributes: dict[str, str] = field(default_factory=dict)
+    #: The media's key relative to its source (`images/10001.jpg`, the S3 key under the prefix):
+    #: what a client can show or match, where `media_uri` is the server's own address.
+    media_key: str = ""
 
 
 @dataclass

@@ -25,5 +25,12 @@ def import_(
     if as_json:
         print_json(report)
         return
-    err.print(f"imported {report.products} products from {csv_path}: {report.new} new, {report.updated} updated, "
-              f"{report.media_linked} media linked", highlight=False, soft_wrap=True)
+    err.print(f"imported {report.products} products from {csv_path}: {report.new} new, {report.updated} updated; "
+              f"{linked(report.media_linked)}", highlight=False, soft_wrap=True)
+
+
+def linked(count: int) -> str:
+    """Media are linked as they are tagged too, so none linked yet is not a failure: say so."""
+    if count:
+        return f"{count} media already in the store linked to them"
+    return "no media tagged yet: each product's photos are linked as `toolkit tag` stores them"

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from toolkit.faces.commands.output import out, print_json
 from toolkit.core import Toolkit
@@ -31,17 +32,25 @@ def search(
     if as_json:
         print_json(hits)
     else:
-        print_table(hits)
+        print_table(hits, heading(text, image, where))
 
 
-def print_table(hits: list[Hit]) -> None:
+def heading(text: str | None, image: Path | None, where: list[str]) -> str:
+    """Which query the list answers: several searches in a row (the demo, a script) stay apart."""
+    asked = " and ".join(part for part in (f"photo {image}" if image else "", f'"{text}"' if text else "") if part)
+    return f"products like {asked}" + (f", where {', '.join(where)}" if where else "")
+
+
+def print_table(hits: list[Hit], title: str | None = None) -> None:
     """One block per product: readable at any terminal width, and in logs."""
+    if title:
+        out.print(f"[bold]{escape(title)}[/]: {len(hits)} found", highlight=False, soft_wrap=True)
     if not hits:
-        out.print("no results")
+        out.print("no results; try fewer filters or a lower --min-score" if title else "no results")
         return
     for n, h in enumerate(hits, 1):
         price = f"{h.price:.2f} {h.currency or ''}".strip() if h.price is not None else ""
-        head = f"[bold]{n:>2}.[/] {h.score:.3f}  {h.product_id or '-'}  {h.title or '(no catalog entry)'}"
+        head = f"[bold]{n:>2}.[/] {h.score:.3f}  {h.product_id or '-'}  {h.title or f'{h.media_key or h.media_uri} (no catalog entry)'}"
         out.print(f"{head}  {price}".rstrip(), highlight=False, soft_wrap=True)
         if h.url:
             out.print(f"     buy:   {h.url}", highlight=False, soft_wrap=True)
