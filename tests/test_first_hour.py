@@ -57,3 +57,21 @@ def test_hits_carry_the_media_key_relative_to_the_source_never_a_server_path(dem
                           "--json", env=env).stdout)
     assert hits[0]["media_key"] == "images/10005.jpg"
     assert all(h["media_key"].startswith("images/") and not h["media_key"].startswith("/") for h in hits)
+
+
+def test_the_catalogs_colour_shows_beside_the_models_and_a_filter_matches_either(demo):
+    _, env, _ = demo
+    everything = json.loads(run("search", "a product photo", "-k", "50", "--json", env=env).stdout)
+    assert len(everything) == 50
+    top = next(h for h in everything if h["product_id"] == "SKU-10005")  # "... Blue T-Shirts"
+    assert top["catalog_tags"] == {"article_type": "Tshirts", "colour": "Blue", "gender": "Men"}
+    for colour in ("White", "Black", "Blue"):
+        says = {h["product_id"] for h in everything
+                if colour.lower() in (h["tags"].get("colour", "").lower(), h["catalog_tags"]["colour"].lower())}
+        found = json.loads(run("search", "a product photo", "-k", "50", "--where", f"colour={colour}", "--json",
+                               env=env).stdout)
+        assert {h["product_id"] for h in found} == says
+    differ = [h for h in everything if h["tags"].get("colour") and h["tags"]["colour"] != h["catalog_tags"]["colour"]]
+    text = run("search", "a product photo", "-k", "50", env=env).stdout
+    for h in differ:
+        assert f"colour={h['tags']['colour']} (catalog: {h['catalog_tags']['colour']})" in text

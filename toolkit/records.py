@@ -19,6 +19,13 @@ from toolkit.ground.models import Box, Hit, Media, MediaRef, Product, Tag
 PRODUCT_FIELDS = ("product_id", "title", "price", "currency", "url")
 ATTR_PREFIX = "attr_"
 TAG_PREFIX = "tag_"
+#: The catalog's own value for a tag group (`cat_colour`), where one of its columns says it.
+CATALOG_TAG_PREFIX = "cat_"
+#: Catalog columns (any case) that state a tag group's value: the styles.csv names and plain ones.
+#: Where the catalog says it, a hit shows its value beside the model's, and `--where colour=white`
+#: matches either (the catalog's token joins the record's filter tokens).
+CATALOG_TAG_COLUMNS = {"articletype": "article_type", "article_type": "article_type", "basecolour": "colour",
+                       "colour": "colour", "color": "colour", "gender": "gender"}
 
 # Which record fields filters read: the one list search, facets, the API and the store's filter
 # index share. A filter names one of DIRECT_FIELDS, a tag group, or `attr.<catalog attribute>`.
@@ -104,11 +111,32 @@ def product_fields(product: Product | None) -> Metadata:
                         "price": product.price, "currency": product.currency, "url": product.url}
     for name, value in product.attributes.items():
         fields[ATTR_PREFIX + name] = value
+        group = CATALOG_TAG_COLUMNS.get(name.strip().lower())
+        if group and str(value).strip():
+            fields[CATALOG_TAG_PREFIX + group] = str(value).strip()
     return {k: v for k, v in fields.items() if v is not None and v != ""}
 
 
 def strip_product_fields(meta: Metadata) -> Metadata:
-    return {k: v for k, v in meta.items() if k not in PRODUCT_FIELDS and not k.startswith(ATTR_PREFIX)}
+    return {k: v for k, v in meta.items()
+            if k not in PRODUCT_FIELDS and not k.startswith((ATTR_PREFIX, CATALOG_TAG_PREFIX))}
+
+
+def with_product(meta: Metadata, product: Product | None) -> Metadata:
+    """A stored record's metadata linked to `product` (or to none), its filter tokens the model's
+    tags' plus the catalog's."""
+    linked = {**strip_product_fields(meta), **product_fields(product)}
+    model = [*stored_media_tags(linked), *stored_frame_tags(linked)]
+    return with_catalog_tokens(linked, {filter_token(t.group, t.label) for t in model})
+
+
+def with_catalog_tokens(meta: Metadata, model_tokens: set[str]) -> Metadata:
+    catalog = {filter_token(k[len(CATALOG_TAG_PREFIX):], v) for k, v in meta.items()
+               if k.startswith(CATALOG_TAG_PREFIX)}
+    tokens = sorted(model_tokens | catalog)
+    if tokens or "tags" in meta:
+        meta["tags"] = tokens
+    return meta
 
 
 def media_fields(ref: MediaRef, media: Media) -> Metadata:
@@ -126,6 +154,7 @@ def build_records(media: Media, media_tags: list[Tag], frame_tags: dict[int, lis
     for i, frame in enumerate(media.frames):
         frame_no = i if media.kind == "video" else None
         meta = {**base, **tag_fields(media_tags, frame_tags.get(i, []), set(providers), versions)}
+        meta = with_catalog_tokens(meta, set(meta.get("tags", [])))
         if frame_no is not None:
             meta.update(frame=frame_no, timestamp=frame.timestamp)
         records.append(Record(id=record_id(media.ref.uri, media.sha256, frame_no),
@@ -144,9 +173,11 @@ def stored_frame_tags(meta: Metadata) -> list[Tag]:
 def hit_from_metadata(meta: Metadata, score: float) -> Hit:
     tags = {k[len(TAG_PREFIX):]: v for k, v in meta.items() if k.startswith(TAG_PREFIX)}
     attrs = {k[len(ATTR_PREFIX):]: v for k, v in meta.items() if k.startswith(ATTR_PREFIX)}
+    catalog_tags = {k[len(CATALOG_TAG_PREFIX):]: v for k, v in meta.items() if k.startswith(CATALOG_TAG_PREFIX)}
     price = meta.get("price")
     return Hit(product_id=meta.get("product_id"), title=meta.get("title"),
                price=float(price) if price is not None else None, currency=meta.get("currency"),
                url=meta.get("url"), score=round(float(score), 4), tags=tags, media_uri=meta.get("uri", ""),
                timestamp=meta.get("timestamp"), media_id=meta.get("media_id", ""),
-               kind=meta.get("kind", "image"), attributes=attrs, media_key=meta.get("key", ""))
+               kind=meta.get("kind", "image"), attributes=attrs, media_key=meta.get("key", ""),
+               catalog_tags=catalog_tags)

@@ -7,6 +7,9 @@ own exceptions, turned into status codes in one place (`STATUS`).
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from contextlib import asynccontextmanager
 import time
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +32,7 @@ from toolkit.media.decode import set_decode_budget, sniff
 from toolkit.faces.media_server import MediaServer, Redirect
 from toolkit.ground.models import Hit
 
+log = logging.getLogger("toolkit.faces.api")
 STATIC = Path(__file__).resolve().parent / "static"
 #: JSON requests are small; only the image upload gets a larger body limit.
 JSON_BODY_LIMIT = 64 * 1024
@@ -69,7 +73,7 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
     upload_limit = int(tk.settings.max_upload_mb * MiB)
     facets = FacetCache(lambda: current.get().store)
     media = MediaServer(lambda: current.get().store, tk.settings)
-    app = FastAPI(title="toolkit search", version="1",
+    app = FastAPI(title="toolkit search", version="1", lifespan=_warming(facets),
                   description="Search a tagged product catalog by text, photo, or a product already in it.")
     app.state.current = current
     app.add_middleware(BodyLimit, limits={"/api/search/image": upload_limit + MULTIPART_SLACK},
@@ -163,6 +167,24 @@ def create_app(toolkit: Toolkit | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _warming(facets: FacetCache):
+    """Read the facets as the service starts, so the page's filter menus are there when a user
+    first opens it (a scan of every record takes seconds on a large store)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        def warm() -> None:
+            try:
+                facets.get()
+            except Exception as exc:  # an empty or unreachable store: the first request says why
+                log.info("facets not read at start: %s", exc)
+
+        threading.Thread(target=warm, name="warm-facets", daemon=True).start()
+        yield
+
+    return lifespan
 
 
 def _recommend_routes(tk: Toolkit):

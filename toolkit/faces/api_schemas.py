@@ -62,7 +62,9 @@ class HitOut(BaseModel):
     currency: str | None
     url: str | None = Field(description="Where to buy the product (the catalog's link).")
     score: float = Field(description="Vector similarity, plus the keyword bonus for text queries.")
-    tags: dict[str, str]
+    tags: dict[str, str] = Field(description="The taggers' best label per group (article_type, colour, ...).")
+    catalog_tags: dict[str, str] = Field(description="Where the catalog states a group's value: the catalog's, shown "
+                                                     "beside the taggers'; a filter on the group matches either.")
     attributes: dict[str, str]
     media_id: str
     media_key: str = Field(description="The matched media's key relative to its source (images/10001.jpg, or the "
@@ -76,7 +78,7 @@ class HitOut(BaseModel):
         # media_uri stays server-side: clients get pictures through image_url, never a path.
         image_url = f"/media/{hit.media_id}" + (f"?t={hit.timestamp:g}" if hit.timestamp is not None else "")
         return cls(product_id=hit.product_id, title=hit.title, price=hit.price, currency=hit.currency, url=hit.url,
-                   score=hit.score, tags=hit.tags, attributes={k: str(v) for k, v in hit.attributes.items()},
+                   score=hit.score, tags=hit.tags, catalog_tags=hit.catalog_tags, attributes={k: str(v) for k, v in hit.attributes.items()},
                    media_id=hit.media_id, media_key=hit.media_key, kind=hit.kind, timestamp=hit.timestamp, image_url=image_url)
 
 

@@ -121,6 +121,9 @@ class Hit:
     #: The media's key relative to its source (`images/10001.jpg`, the S3 key under the prefix):
     #: what a client can show or match, where `media_uri` is the server's own address.
     media_key: str = ""
+    #: Where the catalog states a tag group's value (its colour, article type, gender): that value,
+    #: shown beside the model's in `tags`. A filter on the group matches either.
+    catalog_tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

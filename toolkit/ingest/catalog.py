@@ -18,7 +18,7 @@ import numpy as np
 from store.base import Record
 from toolkit.ground.errors import CatalogError
 from toolkit.ground.models import MediaRef, Product
-from toolkit.records import product_fields, strip_product_fields
+from toolkit.records import product_fields, with_product
 
 if TYPE_CHECKING:
     from store.chroma import ChromaStore
@@ -169,7 +169,7 @@ def link_media(items: list[Product], media: "ChromaStore", chunk: int = 200) -> 
         ref = MediaRef(uri=meta.get("uri", ""), key=meta.get("key", ""))
         product = index.find(ref)
         # A record linked to a product in this file that no longer lists it loses the link.
-        new_meta = {**strip_product_fields(meta), **product_fields(product)}
+        new_meta = with_product(meta, product)
         if product is None and meta.get("product_id") not in ids:
             continue
         if product is not None:

@@ -41,6 +41,11 @@ def heading(text: str | None, image: Path | None, where: list[str]) -> str:
     return f"products like {asked}" + (f", where {', '.join(where)}" if where else "")
 
 
+def _catalog_says(hit: Hit, group: str, label: str) -> str:
+    said = hit.catalog_tags.get(group)
+    return f" (catalog: {said})" if said and said.lower() != label.lower() else ""
+
+
 def print_table(hits: list[Hit], title: str | None = None) -> None:
     """One block per product: readable at any terminal width, and in logs."""
     if title:
@@ -55,7 +60,7 @@ def print_table(hits: list[Hit], title: str | None = None) -> None:
         if h.url:
             out.print(f"     buy:   {h.url}", highlight=False, soft_wrap=True)
         if h.tags:
-            tags = "  ".join(f"{g}={v}" for g, v in sorted(h.tags.items()))
+            tags = "  ".join(f"{g}={v}" + _catalog_says(h, g, v) for g, v in sorted(h.tags.items()))
             out.print(f"     tags:  {tags}", highlight=False, soft_wrap=True)
         moment = f"  at {h.timestamp:.1f}s" if h.timestamp is not None else ""
         out.print(f"     media: {h.media_uri}{moment}", highlight=False, soft_wrap=True)
