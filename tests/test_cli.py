@@ -40,6 +40,11 @@ def test_every_command_has_help_and_is_in_the_readme(path):
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output and len(result.output.splitlines()) > 4
     assert f"toolkit {' '.join(path)}" in (REPO / "README.md").read_text()
+    # Reads like the classic click CLIs: no Python types, no {braces}, and an example to copy.
+    assert "<bool>" not in result.output and "<str>" not in result.output and "<list" not in result.output
+    assert "{" not in result.output.splitlines()[0]
+    examples = result.output.split("Examples:\n", 1)[1].splitlines()
+    assert examples and all(line.strip().startswith(f"toolkit {' '.join(path)}") for line in examples if line.strip())
 
 
 @pytest.mark.parametrize("args,message,code", [

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from toolkit.faces.commands import catalog, collections, config, eval as eval_cmd, recommend, reindex, search, stats, tag
+from toolkit.faces.commands.help import plain_help
 from toolkit.ground.errors import ToolkitError
 
 app = typer.Typer(help="Turn product photos and videos into a searchable, tagged catalog.",
@@ -37,6 +38,7 @@ def _register_optional() -> None:
 
 
 _register_optional()
+plain_help(app)
 
 
 def main() -> None:
