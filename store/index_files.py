@@ -166,23 +166,33 @@ class IndexFiles:
         folder.mkdir(parents=True)
         with index._lock:
             n = len(index.ids)
-            np.save(folder / "vecs.npy", index.vecs[:n])
-            np.save(folder / "alive.npy", index.alive[:n])
+            cap = n + int(n * COMPACT_SHARE) + 1024  # room for the log's records: a reader replays without copying
+            _save_padded(folder / "vecs.npy", index.vecs[:n], (cap, index.dim))
+            _save_padded(folder / "alive.npy", index.alive[:n], (cap,))
             np.save(folder / "ids.npy", np.array([i if i is not None else "" for i in index.ids], dtype=str)
                     if n else np.zeros(0, "<U1"))
             tokens = list(index.tokens)
-            np.save(folder / "tokens.npy", np.stack([index.tokens[t][:n] for t in tokens]) if tokens
-                    else np.zeros((0, n), bool))
+            if tokens:
+                matrix = np.lib.format.open_memmap(folder / "tokens.npy", mode="w+", dtype=bool,
+                                                   shape=(len(tokens), cap))
+                for row, t in enumerate(tokens):
+                    matrix[row, :n] = index.tokens[t][:n]
+                matrix.flush()
+                del matrix
+            else:
+                np.save(folder / "tokens.npy", np.zeros((0, cap), bool))
             columns = {}
             for c, (key, col) in enumerate(index.columns.items()):
-                np.save(folder / f"column{c}.npy", col.values[:n])
+                padded = np.full(cap, np.nan if col.numeric else -1, col.values.dtype)
+                padded[:n] = col.values[:n]
+                np.save(folder / f"column{c}.npy", padded)
                 columns[key] = {"file": f"column{c}.npy", "numeric": col.numeric,
                                 "codes": [[v, code] for v, code in col.codes.items()]}
             meta = {"dim": index.dim, "rows": n, "alive": len(index), "tokens": [list(t) for t in tokens],
                     "list_keys": sorted(index.list_keys), "skipped": sorted(index.skipped), "columns": columns}
         (folder / "index.json").write_text(json.dumps(meta))
         (self.folder / f"log-{base}").write_bytes(b"")
-        size = sum(p.stat().st_size for p in folder.iterdir())
+        size = sum(p.stat().st_blocks * 512 for p in folder.iterdir())  # on disk: the padding is sparse
         self._write_head({"base": base, "gen": gen, "log_bytes": 0, "base_bytes": size,
                           "filterable": filterable_spec(index.filterable)})
         index.gen, index.base, index.log_offset = gen, base, 0
@@ -254,6 +264,15 @@ def _load_base(folder: Path, filterable: Filterable | None) -> FilterIndex | Non
     index._row_of = None
     index._row_tokens = None
     index._alive_count = int(meta["alive"])
-    if len(index.vecs) != meta["rows"] or len(index.ids) != meta["rows"]:
+    if len(index.ids) != meta["rows"] or not len(index.vecs) == len(index.alive) >= meta["rows"]:
         return None
     return index
+
+
+def _save_padded(path: Path, values: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Save `values` as the first rows of a zero-filled array of `shape`; the zeros past them are
+    a hole in the file, not written."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=values.dtype, shape=shape)
+    out[:len(values)] = values
+    out.flush()
+    del out

@@ -83,7 +83,8 @@ def test_saved_and_loaded_index_equals_the_built_one(built):
     assert len(again) == len(mem) and again.ids == mem.ids and set(again.tokens) == set(mem.tokens)
     for filters in (["article_type=type3"], ["colour=red", "kind=image"], ["price<40"], ["attr.brand=B1"]):
         where = to_chroma_where(filters)
-        assert np.array_equal(again.mask(where), mem.mask(where))
+        n = len(mem.ids)  # a saved base has room for the log's records: compare the rows in use
+        assert np.array_equal(again.mask(where)[:n], mem.mask(where)[:n]) and not again.mask(where)[n:].any()
         for q in queries(3):
             assert again.query(q, 10, where) == mem.query(q, 10, where)
 
