@@ -1,11 +1,14 @@
 """Search at scale: unfiltered and 5%-filtered top-10 over synthetic stores of 10k, 100k, 1M
 vectors, queries embedded by the real model; Chroma's own `where` beside the filter index
-(store/filtered.py), recall@10 of each against an exact filtered search, the filter index's
+(store/filter_index.py), recall@10 of each against an exact filtered search, the filter index's
 build / save / load times, and the insert rate into the largest store.
 
     .venv/bin/python bench/search_scale.py [--scales 10000,100000,1000000] [--queries 50]
     .venv/bin/python bench/search_scale.py --build 1000000     # only build (or resume) a store
     .venv/bin/python bench/search_scale.py --hnsw               # ef_construction 100 vs 200 at 100k
+
+What a small tag run costs the saved filter index (a rewrite before, a log append now):
+bench/index_update.py.
 
 Built stores are cached outside the repository, under $TOOLKIT_BENCH_CACHE (default
 ~/.cache/toolkit-bench)/stores/<kind>-<n>-efc<ef_construction>-m<M>: a 1M store takes tens of
@@ -233,7 +236,7 @@ def measure(n: int, qvecs: np.ndarray, repeats: int, kind: str = "synthetic", hn
     store.filter_index_min = 10**12
     out["chroma_where_ms"], out["chroma_where_recall"] = run(True)
     store.filter_index_min = 0
-    from store.filtered import FilterIndex
+    from store.index_files import IndexFiles
 
     if store.index_dir is not None:
         shutil.rmtree(store.index_dir, ignore_errors=True)  # time a build from Chroma, then a load
@@ -241,7 +244,7 @@ def measure(n: int, qvecs: np.ndarray, repeats: int, kind: str = "synthetic", hn
     store.filter_index()
     out["index_build_s"] = round(time.perf_counter() - t, 2)  # read back from Chroma, then saved
     t = time.perf_counter()
-    FilterIndex.load(store.index_dir)
+    IndexFiles(store.index_dir).load(None)
     out["index_load_s"] = round(time.perf_counter() - t, 3)   # what a new process pays instead
     out["index_ms"], out["index_recall"] = run(True)
     out["load_1min_after"] = round(load_average(), 2)

@@ -53,7 +53,7 @@ def products_name(name: str) -> str:
 
 
 def _client(settings: "Settings"):
-    from store.chroma import client_for
+    from store.chroma_client import client_for
 
     return client_for(settings)
 
@@ -215,28 +215,17 @@ def check_usable(settings: "Settings", name: str) -> None:
 
 
 def drop(settings: "Settings", name: str) -> None:
-    """Delete a collection and its products collection. Refuses one that a name points at."""
+    """Delete a collection and its products collection, with their filter indexes and change
+    logs. Refuses one that a name points at."""
+    from store.backend import ChromaBackend
+
     check_droppable(settings, name)
-    client = _client(settings)
+    backend = ChromaBackend(settings)
     for victim in (name, products_name(name)):
-        col = _get(client, victim)
-        if col is not None:
-            client.delete_collection(victim)
-            _drop_saved_index(settings, col.id)
+        backend.drop(victim)
     meta = _meta(settings)
     if meta is not None:
         meta.delete(ids=[f"collection:{name}"])
-
-
-def _drop_saved_index(settings: "Settings", collection_id: object) -> None:
-    """A dropped collection's saved filter index (about 1 KB a record) goes with it."""
-    import shutil
-
-    from store.chroma import embedded_path, filter_index_dir
-
-    folder = filter_index_dir(embedded_path(settings), collection_id)
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_media(settings: "Settings", name: str, products_hint: str) -> None:

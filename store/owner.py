@@ -347,6 +347,11 @@ class LeasedClient:
     def close(self) -> None:
         self._lease.release()
 
+    def held(self):
+        """Hold this process's turn across several calls (a context manager): taken before any
+        other lock, so that a process waiting for the turn never holds a lock another needs."""
+        return self._lease.use()
+
 
 def _wrap(lease: Lease, result):
     if isinstance(result, list):

@@ -1,6 +1,7 @@
 """The filter index's lifecycle: saved beside an embedded store, loaded by a new process when it
-is current, detected as stale after another writer's adds or metadata edits, and never built by
-a process that says it is one-shot."""
+is current, kept current by an append-only change log that every adapter's writes extend,
+detected as stale after writes that did not go through an adapter, and never built by a process
+that says it is one-shot. Real Chroma, real files."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ import pytest
 
 from store.base import Record
 from store.chroma import ChromaStore
-from store.filtered import FilterIndex, saved_stamp
+from store.filter_index import FilterIndex
+from store.index_files import IndexFiles
 from tests.test_filtered_search import DIM, exact, make_records, queries
 from toolkit.search.filters import to_chroma_where
 
@@ -46,21 +48,43 @@ def ids(matches) -> list[str]:
     return [m.id for m in matches]
 
 
+def saved(store: ChromaStore) -> dict | None:
+    """The saved index's head (None: nothing saved)."""
+    return IndexFiles(store.index_dir).head()
+
+
+def saved_index(store: ChromaStore) -> FilterIndex | None:
+    return IndexFiles(store.index_dir).load(None)
+
+
+def current(store: ChromaStore):
+    """The in-memory index if it matches the collection now, read afresh."""
+    store._keeper.forget()
+    return store._keeper.current()
+
+
+def behind_the_adapters_back(store: ChromaStore):
+    """The raw Chroma collection, as another tool writing to the store would use it."""
+    return store._col._col
+
+
 def test_a_built_index_is_saved_beside_the_store_with_its_stamp(built, settings):
     assert built.index_dir is not None and built.index_dir.is_dir()
     assert built.index_dir.parent.parent == settings.resolved_chroma_path.parent
-    stamp = saved_stamp(built.index_dir)
-    assert stamp["count"] == built.count() and stamp["collection"] == str(built._col.id)
-    assert stamp["seq"] == built._index_seq() > 0
+    head = saved(built)
+    assert built.index_dir.name == built.collection_id
+    assert head["gen"] == built._keeper.collection_gen() is not None
+    assert head["log_bytes"] == 0 and len(saved_index(built)) == built.count()
 
 
 def test_saved_and_loaded_index_equals_the_built_one(built):
-    again = FilterIndex.load(built.index_dir)
+    again = saved_index(built)
     mem = built.filter_index()
     assert len(again) == len(mem) and again.ids == mem.ids and set(again.tokens) == set(mem.tokens)
     for filters in (["article_type=type3"], ["colour=red", "kind=image"], ["price<40"], ["attr.brand=B1"]):
         where = to_chroma_where(filters)
-        assert np.array_equal(again.mask(where), mem.mask(where))
+        n = len(mem.ids)  # a saved base has room for the log's records: compare the rows in use
+        assert np.array_equal(again.mask(where)[:n], mem.mask(where)[:n]) and not again.mask(where)[n:].any()
         for q in queries(3):
             assert again.query(q, 10, where) == mem.query(q, 10, where)
 
@@ -69,7 +93,7 @@ def test_a_new_handle_uses_the_saved_index_without_building(built, settings, rec
     fresh = open_fresh(settings, "lifecycle", build=False)
     for q in queries(5):
         assert ids(fresh.query(q, 10, where=WHERE)) == exact(records, q, 10, WHERE)
-    assert fresh._index is not None and fresh._building is None
+    assert fresh._keeper.index is not None and fresh._keeper.building is None
 
 
 def test_a_new_process_loads_the_saved_index(built, settings, records):
@@ -85,7 +109,7 @@ st.filter_index_min = 0
 st.build_filter_index = False
 t = time.perf_counter()
 got = [m.id for m in st.query(np.array({q.tolist()}, np.float32), 10, where={WHERE!r})]
-print(json.dumps({{"ids": got, "loaded": st._index is not None, "s": time.perf_counter() - t}}))
+print(json.dumps({{"ids": got, "loaded": st._keeper.index is not None, "s": time.perf_counter() - t}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "ANONYMIZED_TELEMETRY": "False"})
@@ -96,21 +120,20 @@ print(json.dumps({{"ids": got, "loaded": st._index is not None, "s": time.perf_c
 
 def test_another_writers_adds_make_the_saved_and_the_in_memory_index_stale(built, settings, records):
     q = queries(1)[0]
-    other = open_fresh(settings, "lifecycle", build=False)  # another writer: its writes bypass `built`'s index
     new = Record(id="added-elsewhere", embedding=q * 2,
                  metadata={"kind": "image", "tags": ["article_type:type3", "colour:red"]})
-    other.upsert([new])
-    built._count_cache = None
-    assert built._current(built.recent_count()) is None                 # in memory: stale
+    # another writer whose writes bypass every adapter (another tool on the same store)
+    behind_the_adapters_back(built).upsert(ids=[new.id], embeddings=[new.embedding], metadatas=[new.metadata])
+    assert current(built) is None                                         # in memory: stale
     fresh = open_fresh(settings, "lifecycle", build=False)
-    assert fresh._load_saved() is None                                    # on disk: stale
+    assert fresh._keeper.load_saved() is None                             # on disk: stale
     truth = exact(records + [new], q, 10, WHERE)
     assert truth[0] == "added-elsewhere"
     assert ids(fresh.query(q, 10, where=WHERE)) == truth                  # answered by Chroma
-    assert fresh._index is None and fresh._building is None               # and nothing built
+    assert fresh._keeper.index is None and fresh._keeper.building is None  # and nothing built
     assert ids(built.query(q, 10, where=WHERE)) == truth                 # Chroma, while it rebuilds
-    built._building.join(60)
-    assert built.filter_index().stamp["seq"] == built._index_seq()
+    built._keeper.building.join(60)
+    assert built.filter_index().gen == built._keeper.collection_gen() == saved(built)["gen"]
     assert ids(built.query(q, 10, where=WHERE)) == truth                 # the rebuilt index
     assert ids(open_fresh(settings, "lifecycle", build=False).query(q, 10, where=WHERE)) == truth  # re-saved
 
@@ -122,7 +145,7 @@ def test_another_writers_metadata_edit_makes_the_index_stale(built, settings, re
     other.update_metadata([top], [{"tags": ["article_type:type4"]}])     # same count, different filter result
     fresh = open_fresh(settings, "lifecycle", build=False)
     assert top not in ids(fresh.query(q, 10, where=WHERE))
-    built._count_cache = None
+    built._keeper.forget()
     assert top not in ids(built.query(q, 10, where=WHERE))
 
 
@@ -132,7 +155,7 @@ def test_own_writes_keep_the_index_current_without_a_rebuild(built, records):
     built.upsert([Record(id="mine", embedding=q, metadata={"kind": "image", "tags": ["article_type:type3"]})])
     built.update_metadata(["r1"], [{"kind": "video"}])
     built.delete(["r2"])
-    assert built._current(built.recent_count()) is index                 # same object, stamp advanced
+    assert current(built) is index                                        # same object, generation advanced
     assert ids(built.query(q, 1, where=WHERE)) == ["mine"]
 
 
@@ -141,8 +164,8 @@ def test_a_one_shot_process_never_starts_a_build(settings, records):
     store.upsert(records)
     q = queries(1)[0]
     assert ids(store.query(q, 10, where=WHERE)) == exact(records, q, 10, WHERE)
-    assert store._building is None and store._index is None
-    assert saved_stamp(store.index_dir) is None
+    assert store._keeper.building is None and store._keeper.index is None
+    assert saved(store) is None
 
 
 def test_a_server_store_keeps_its_index_in_memory_only(settings, records, chroma_server):
@@ -158,12 +181,13 @@ def test_a_server_store_keeps_its_index_in_memory_only(settings, records, chroma
 
 
 def test_a_loaded_index_takes_writes_like_the_one_it_was_saved_from(tmp_path, records):
-    from store.filtered import build
+    from store.filter_index import build
 
     mem = build(records, DIM)
     mem.delete(["r5", "r6"])
-    mem.save(tmp_path / "ix")
-    loaded = FilterIndex.load(tmp_path / "ix")
+    files = IndexFiles(tmp_path / "ix")
+    files.save_base(mem, "1.x")
+    loaded = files.load(None)
     assert len(loaded) == len(mem) == len(records) - 2 and loaded.ids[5] is None
     q = queries(1)[0]
     for index in (mem, loaded):  # the same writes to both: tags replaced, a row deleted, rows added
@@ -183,23 +207,21 @@ def test_a_run_of_writes_keeps_the_saved_index_current(built, settings, records)
     q = queries(1)[0]
     writer = open_fresh(settings, "lifecycle", build=False)  # a new process's handle, e.g. `toolkit tag`
     new = Record(id="tagged-later", embedding=q * 2, metadata={"kind": "image", "tags": ["article_type:type3"]})
-    with writer.keeping_saved_index():
-        writer.upsert([new])
-        writer.delete(["r3"])
-    stamp = saved_stamp(writer.index_dir)
-    assert stamp == writer._stamp(writer.count(), writer._index_seq())  # saved after the writes
+    writer.upsert([new])
+    writer.delete(["r3"])
+    assert saved(writer)["gen"] == writer._keeper.collection_gen()      # the log has the writes
+    assert len(saved_index(writer)) == writer.count()
     reader = open_fresh(settings, "lifecycle", build=False)
     truth = exact([r for r in records if r.id != "r3"] + [new], q, 10, WHERE)
     assert truth[0] == "tagged-later"
     assert ids(reader.query(q, 10, where=WHERE)) == truth
-    assert reader._index is not None and reader._building is None  # answered by the saved index
+    assert reader._keeper.index is not None and reader._keeper.building is None  # answered by the saved index
 
 
 def test_a_run_of_writes_saves_no_index_where_none_was_saved(settings, records):
     store = open_fresh(settings, "never-indexed", build=False)
-    with store.keeping_saved_index():
-        store.upsert(records[:50])
-    assert saved_stamp(store.index_dir) is None and store._index is None
+    store.upsert(records[:50])
+    assert saved(store) is None and store._keeper.index is None
 
 
 def test_toolkit_tag_keeps_a_saved_index_current(settings, shared_data, tmp_path):
@@ -216,6 +238,107 @@ def test_toolkit_tag_keeps_a_saved_index_current(settings, shared_data, tmp_path
     again = Toolkit(settings, embedder=ColourEmbedder())  # the next `toolkit tag`, another process
     assert again.tag(folder, tagger="local").new == 4
     store = again.store
-    assert saved_stamp(store.index_dir) == store._stamp(store.count(), store._index_seq())
+    assert saved(store)["gen"] == store._keeper.collection_gen()
     reader = ChromaStore.open(settings, store.name, model_id=store.model_id, dim=store.dim)
-    assert reader._load_saved() is not None and len(reader._index) == store.count() == 12
+    assert reader._keeper.load_saved() is not None and len(reader._keeper.index) == store.count() == 12
+
+
+# ---- the change log ----------------------------------------------------------------------------------
+
+def base_files(store: ChromaStore) -> dict[str, tuple[int, int]]:
+    head = saved(store)
+    folder = store.index_dir / f"base-{head['base']}"
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def ten_new(q: np.ndarray, tag: str = "article_type:type3") -> list[Record]:
+    """Ten records near `q` (distinct directions: no ties in the ranking)."""
+    noise = np.random.default_rng(99).normal(scale=0.05, size=(10, len(q))).astype(np.float32)
+    return [Record(id=f"ten-{n}", embedding=q + noise[n] * np.linalg.norm(q), metadata={"kind": "image", "tags": [tag]})
+            for n in range(10)]
+
+
+def test_a_ten_item_write_appends_to_the_log_and_leaves_the_base_alone(built, settings, records):
+    q = queries(1)[0]
+    head, base = saved(built), base_files(built)
+    writer = open_fresh(settings, "lifecycle", build=False)  # the next `toolkit tag`: no index in memory
+    writer.upsert(ten_new(q))
+    after = saved(writer)
+    assert after["base"] == head["base"] and base_files(writer) == base      # the base is not rewritten
+    log = writer.index_dir / f"log-{after['base']}"
+    assert log.stat().st_size == after["log_bytes"] > 10 * DIM * 4           # ten vectors appended
+    assert after["log_bytes"] < 0.05 * after["base_bytes"]
+    reader = open_fresh(settings, "lifecycle", build=False)
+    truth = exact(records + ten_new(q), q, 10, WHERE)
+    assert ids(reader.query(q, 10, where=WHERE)) == truth and truth[0].startswith("ten-")
+    assert reader._keeper.index is not None and reader._keeper.building is None
+
+
+def test_another_process_sees_the_change_by_replaying_the_log(built, settings, records):
+    q = queries(1)[0]
+    index = built.filter_index()
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import numpy as np
+from store.base import Record
+from store.chroma import ChromaStore
+from toolkit.ground.settings import load_settings
+st = ChromaStore.open(load_settings(data_dir={str(settings.data_dir)!r}), "lifecycle", model_id="synthetic", dim={DIM})
+from tests.test_filter_index_lifecycle import ten_new
+st.upsert(ten_new(np.array({q.tolist()}, np.float32)))
+st.delete(["r4"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                         env={**__import__("os").environ, "ANONYMIZED_TELEMETRY": "False"})
+    assert out.returncode == 0, out.stderr
+    built._keeper.forget()
+    truth = exact([r for r in records if r.id != "r4"] + ten_new(q), q, 10, WHERE)
+    assert ids(built.query(q, 10, where=WHERE)) == truth
+    assert built._keeper.index is index and built._keeper.building is None  # caught up, not rebuilt
+    assert "r4" not in index.row_of and len(index) == built.count()
+
+
+def test_a_write_behind_the_adapters_back_is_rebuilt_into_a_new_base(built, settings, records):
+    q = queries(1)[0]
+    head = saved(built)
+    behind_the_adapters_back(built).delete(ids=["r7", "r8"])
+    reader = open_fresh(settings, "lifecycle", build=False)
+    assert reader._keeper.load_saved() is None                            # the count tells
+    built._keeper.forget()
+    index = built.filter_index()                                          # rebuilt from Chroma's pages
+    assert len(index) == len(records) - 2 and "r7" not in index.row_of
+    after = saved(built)
+    assert after["base"] != head["base"] and after["log_bytes"] == 0
+    assert not (built.index_dir / f"base-{head['base']}").exists()
+    assert ids(reader.query(q, 10, where=WHERE)) == exact([r for r in records if r.id not in ("r7", "r8")],
+                                                          q, 10, WHERE)
+    assert reader._keeper.index is not None
+
+
+def test_a_long_log_is_folded_into_a_new_base(built, settings, records, monkeypatch):
+    import store.index_files
+
+    q = queries(1)[0]
+    head = saved(built)
+    monkeypatch.setattr(store.index_files, "COMPACT_SHARE", 0.002)
+    writer = open_fresh(settings, "lifecycle", build=False)
+    writer.upsert(ten_new(q))
+    after = saved(writer)
+    assert after["base"] != head["base"] and after["log_bytes"] == 0      # compacted by the writer
+    assert sorted(p.name for p in writer.index_dir.iterdir() if p.name.startswith(("base-", "log-"))) == \
+        [f"base-{after['base']}", f"log-{after['base']}"]
+    built._keeper.forget()
+    truth = exact(records + ten_new(q), q, 10, WHERE)
+    assert ids(built.query(q, 10, where=WHERE)) == truth                 # reloaded from the new base
+    assert ids(open_fresh(settings, "lifecycle", build=False).query(q, 10, where=WHERE)) == truth
+
+
+def test_dropping_a_collection_removes_its_index_and_log(built, settings):
+    from store.collections import drop
+
+    built.upsert(ten_new(queries(1)[0]))
+    folder = built.index_dir
+    assert (folder / "head.json").is_file() and any(p.name.startswith("log-") for p in folder.iterdir())
+    drop(settings, "lifecycle")
+    assert not folder.exists()

@@ -161,6 +161,6 @@ def test_a_query_before_the_index_is_ready_is_answered_by_chroma(settings, recor
     where = to_chroma_where(["article_type=type3"])
     q = queries(1)[0]
     first = [m.id for m in store.query(q, 10, where=where)]  # starts the build, does not wait for it
-    store._building.join(60)
-    assert store._ready_index(store.count()) is not None
+    store._keeper.building.join(60)
+    assert store._keeper.ready(store.count()) is not None
     assert [m.id for m in store.query(q, 10, where=where)] == first == exact(records, q, 10, where)

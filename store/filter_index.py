@@ -1,55 +1,63 @@
-"""Exact filtered nearest-neighbour search beside Chroma, for large collections.
+"""Exact filtered nearest-neighbour search beside the vector store, in memory, for large collections.
 
 Chroma answers an unfiltered top-10 in a few ms, but a `where` filter makes it scan
 metadata first: 456 ms at 1M vectors for a filter matching 5% of them. This index keeps
-a copy of the vectors and of the filterable fields in memory (1 KB a record for 256-d
+a copy of the vectors and of the metadata fields in memory (1 KB a record for 256-d
 vectors), turns a filter into a boolean mask in about a millisecond, and scores only the
 matching records exactly, so recall is 1.0 by construction.
+
+It knows no field names: every metadata key is indexed by the type of its values (a list of
+strings: one token set per key; a number: a float column; a string or bool: a dictionary-coded
+column), unless the caller names the keys worth indexing (`Filterable`). A key whose values
+are nearly all distinct (ids, titles, uris) stops being indexed once it has MAX_CODES values:
+its dictionary would cost more than Chroma's scan saves.
 
 The rows a common filter value matches (a tag, a kind, a category attribute) are kept as
 one contiguous block, a partition, built the first time a query needs it: scoring 50k
 contiguous vectors takes a few ms where gathering them from a million takes 20-35 ms.
 
-Filters it cannot evaluate (operators or fields it does not index) return None, and the
+Filters it cannot evaluate (operators or keys it does not index) return None, and the
 caller uses Chroma's own `where`: never a wrong answer, at worst Chroma's speed.
 
-An index can be saved to a folder and loaded back memory-mapped (FilterIndex.save / load), so
-a new process need not read every record back from Chroma; store.chroma.ChromaStore decides
-when a saved index is current (its stamp) and keeps it beside an embedded store.
+Saving, loading and keeping it current across processes: store/index_files.py and
+store/index_keeper.py.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import threading
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from store.base import Metadata, Record
 
-#: Only these keys are indexed: what `toolkit.search.filters` produces, minus the per-record unique
-#: ones (ids, uris, titles), whose dictionaries would cost more memory than Chroma's scan.
-CATEGORICAL = ("kind", "currency")
-NUMERIC = ("price", "timestamp")
-LIST_FIELD = "tags"
-ATTR_PREFIX = "attr_"
 _MISSING = -1
 #: A value worth its own partition matches at most this share of the records (a broader
 #: one is nearly a full scan anyway, and its copy would double the memory).
 PARTITION_MAX_SHARE = 0.5
-#: On-disk layout version (FilterIndex.save / load): a saved index of another version is rebuilt.
-FORMAT = 1
+#: A string key with more distinct values than this is not indexed (filters on it go to Chroma).
+MAX_CODES = 50_000
+#: A list key with more distinct tokens than this is not indexed: each token costs a byte a record.
+MAX_TOKENS = 4_096
+_COMPARE = {"$eq": np.equal, "$ne": np.not_equal, "$lt": np.less, "$lte": np.less_equal,
+            "$gt": np.greater, "$gte": np.greater_equal}
 
 
-def indexed(key: str) -> bool:
-    return key in CATEGORICAL or key in NUMERIC or key == LIST_FIELD or key.startswith(ATTR_PREFIX)
+@dataclass(frozen=True)
+class Filterable:
+    """Which metadata keys the index keeps: these keys and those starting with these prefixes.
+    The default (None) keeps every key."""
+
+    keys: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys or key.startswith(self.prefixes)
 
 
 class Column:
-    """A growable array for one field: codes into a value dictionary, or floats (NaN = missing)."""
+    """A growable array for one scalar key: codes into a value dictionary, or floats (NaN = missing)."""
 
     def __init__(self, numeric: bool, capacity: int) -> None:
         self.numeric = numeric
@@ -63,33 +71,44 @@ class Column:
 
     def set(self, row: int, value: object) -> None:
         if self.numeric:
-            self.values[row] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                else np.nan
+            self.values[row] = float(value) if _is_number(value) else np.nan
+        elif value is None or isinstance(value, list):
+            self.values[row] = _MISSING
         else:
-            self.values[row] = _MISSING if value is None else self.codes.setdefault(value, len(self.codes))
+            self.values[row] = self.codes.setdefault(value, len(self.codes))
 
     def code(self, value: object) -> int | None:
         return self.codes.get(value)
 
 
-class FilterIndex:
-    """Vectors and filterable fields of one collection, with exact filtered top-k."""
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    def __init__(self, dim: int, capacity: int = 1024) -> None:
+
+class FilterIndex:
+    """Vectors and metadata fields of one collection, with exact filtered top-k."""
+
+    def __init__(self, dim: int, capacity: int = 1024, filterable: Filterable | None = None) -> None:
         self.dim = dim
+        self.filterable = filterable
         self.vecs = np.zeros((capacity, dim), np.float32)
         self.alive = np.zeros(capacity, bool)
         self.ids: list[str | None] = []
         self._row_of: dict[str, int] | None = {}  # None: not built yet (a loaded index builds it on a write)
         self._alive_count = 0
         self.columns: dict[str, Column] = {}
-        self.tokens: dict[str, np.ndarray] = {}  # tag token -> bool column
-        self._row_tokens: dict[int, tuple[str, ...]] | None = {}
+        self.tokens: dict[tuple[str, str], np.ndarray] = {}  # (list key, token) -> bool column
+        self.list_keys: set[str] = set()
+        self._token_count: dict[str, int] = {}
+        self.skipped: set[str] = set()  # keys with too many distinct values: left to Chroma
+        self._row_tokens: dict[int, tuple[tuple[str, str], ...]] | None = {}
         self._partitions: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.RLock()
-        #: What the collection looked like when this index matched it (set by the store; see
-        #: store.chroma.ChromaStore._stamp): saved with the index, compared on load.
-        self.stamp: dict | None = None
+        #: Where this index stands against the collection (set by store.index_keeper): the write
+        #: generation it has seen and the saved base and log position it was read from.
+        self.gen: str | None = None
+        self.base: str | None = None
+        self.log_offset = 0
 
     # ---- writes ----------------------------------------------------------------------------------
 
@@ -107,10 +126,10 @@ class FilterIndex:
         return self._row_of
 
     @property
-    def row_tokens(self) -> dict[int, tuple[str, ...]]:
-        """Each row's tags, for replacing them on a write (built from the token columns on first need)."""
+    def row_tokens(self) -> dict[int, tuple[tuple[str, str], ...]]:
+        """Each row's tokens, for replacing them on a write (built from the token columns on first need)."""
         if self._row_tokens is None:
-            lists: dict[int, list[str]] = {}
+            lists: dict[int, list[tuple[str, str]]] = {}
             for token, mask in self.tokens.items():
                 for row in np.flatnonzero(mask).tolist():
                     lists.setdefault(row, []).append(token)
@@ -140,7 +159,7 @@ class FilterIndex:
                 row_of[rid] = len(self.ids)
                 self.ids.append(rid)
             self._alive_count += len(new)
-            rows = np.fromiter((self.row_of[i] for i in ids), np.int64, len(ids))
+            rows = np.fromiter((row_of[i] for i in ids), np.int64, len(ids))
             self.vecs[rows] = vectors
             self.alive[rows] = True
             for row, meta in zip(rows, metadatas):
@@ -164,37 +183,68 @@ class FilterIndex:
                     self._alive_count -= 1
                     self.alive[row] = False
                     self.ids[row] = None
-                    self._set_tokens(row, [])
+                    self._set_tokens(row, {})
             self._partitions.clear()
 
+    def _wanted(self, key: str) -> bool:
+        return key not in self.skipped and (self.filterable is None or key in self.filterable)
+
     def _set_metadata(self, row: int, meta: Metadata, merge: bool = False) -> None:
-        keys = [k for k in meta if indexed(k)] if merge else [k for k in {*meta, *self.columns} if indexed(k)]
+        keys = meta.keys() if merge else {*meta, *self.columns, *self.list_keys}
+        lists: dict[str, list] = {}
         for key in keys:
-            if key == LIST_FIELD:
-                self._set_tokens(row, meta.get(key) or [])
-            else:
-                self._column(key, key in NUMERIC or isinstance(meta.get(key), (int, float))).set(row, meta.get(key))
-        if not merge and LIST_FIELD not in meta:
-            self._set_tokens(row, [])
+            if not self._wanted(key):
+                continue
+            value = meta.get(key)
+            if key in self.list_keys or (key not in self.columns and isinstance(value, list)):
+                self.list_keys.add(key)
+                lists[key] = value if isinstance(value, list) else []
+            elif value is not None or key in self.columns:
+                self._set_scalar(key, row, value)
+        if lists or not merge:
+            self._set_tokens(row, lists, keep=merge)
 
-    def _column(self, key: str, numeric: bool) -> Column:
-        """A field's type is that of its first value; a later value of the other type reads as missing."""
-        if key not in self.columns:
-            self.columns[key] = Column(numeric, self.capacity)
-        return self.columns[key]
+    def _set_scalar(self, key: str, row: int, value: object) -> None:
+        """A key's type is that of its first value; a later value of the other type reads as missing."""
+        col = self.columns.get(key)
+        if col is None:
+            col = self.columns[key] = Column(_is_number(value), self.capacity)
+        col.set(row, value)
+        if len(col.codes) > MAX_CODES:
+            del self.columns[key]
+            self.skipped.add(key)
 
-    def _set_tokens(self, row: int, tokens: list[str]) -> None:
+    def _set_tokens(self, row: int, lists: dict[str, list], keep: bool = False) -> None:
+        """Replace the row's tokens of the keys in `lists` (of every list key unless `keep`)."""
         row_tokens = self.row_tokens
-        for token in row_tokens.get(row, ()):  # only the row's old tokens: scanning all is O(tokens)
-            self.tokens[token][row] = False
-        for token in tokens:
+        old = row_tokens.get(row, ())
+        kept = tuple(t for t in old if keep and t[0] not in lists)
+        for token in old:  # only the row's old tokens: scanning all is O(tokens)
+            if token not in kept and token in self.tokens:
+                self.tokens[token][row] = False
+        new = [(key, str(v)) for key, values in lists.items() for v in values if key in self.list_keys]
+        crowded = set()
+        for token in new:
             if token not in self.tokens:
                 self.tokens[token] = np.zeros(self.capacity, bool)
+                self._token_count[token[0]] = self._token_count.get(token[0], 0) + 1
+                if self._token_count[token[0]] > MAX_TOKENS:
+                    crowded.add(token[0])
             self.tokens[token][row] = True
-        if tokens:
-            row_tokens[row] = tuple(tokens)
+        if kept or new:
+            row_tokens[row] = kept + tuple(new)
         else:
             row_tokens.pop(row, None)
+        for key in crowded:
+            self._skip_list(key)
+
+    def _skip_list(self, key: str) -> None:
+        for token in [t for t in self.tokens if t[0] == key]:
+            del self.tokens[token]
+        self.list_keys.discard(key)
+        self._token_count.pop(key, None)
+        self.skipped.add(key)
+        self._row_tokens = None
 
     # ---- filters -----------------------------------------------------------------------------------
 
@@ -214,29 +264,30 @@ class FilterIndex:
         (key, cond), = where.items()
         if not isinstance(cond, dict):
             cond = {"$eq": cond}
-        if len(cond) != 1 or not indexed(key):
+        if len(cond) != 1 or not self._wanted(key) or key.startswith("$"):
             return None
         (op, value), = cond.items()
-        return self._tokens_mask(op, value) if key == LIST_FIELD else self._field_mask(key, op, value)
+        if key in self.list_keys or op in ("$contains", "$not_contains"):
+            return self._tokens_mask(key, op, value)
+        return self._field_mask(key, op, value)
 
-    def _tokens_mask(self, op: str, value: object) -> np.ndarray | None:
-        if op not in ("$contains", "$not_contains"):
+    def _tokens_mask(self, key: str, op: str, value: object) -> np.ndarray | None:
+        if op not in ("$contains", "$not_contains") or key in self.columns or not isinstance(value, str):
             return None
-        has = self.tokens.get(value) if isinstance(value, str) else None
+        if key not in self.list_keys:  # no record has the key as a list
+            return np.zeros(self.capacity, bool) if op == "$contains" else None
+        has = self.tokens.get((key, value))
         has = has if has is not None else np.zeros(self.capacity, bool)
         return has.copy() if op == "$contains" else ~has
 
     def _field_mask(self, key: str, op: str, value: object) -> np.ndarray | None:
         col = self.columns.get(key)
-        numeric_value = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if col is None:  # no record has the field: nothing matches (Chroma skips missing keys)
-            return np.zeros(self.capacity, bool) if op in ("$eq", "$ne", "$lt", "$lte", "$gt", "$gte") else None
+        numeric_value = _is_number(value)
+        if col is None:  # no record has the key: nothing matches (Chroma skips missing keys)
+            return np.zeros(self.capacity, bool) if op in _COMPARE else None
         if col.numeric:
-            if not numeric_value:
-                return None
-            compare = {"$eq": np.equal, "$ne": np.not_equal, "$lt": np.less, "$lte": np.less_equal,
-                       "$gt": np.greater, "$gte": np.greater_equal}.get(op)
-            if compare is None:
+            compare = _COMPARE.get(op)
+            if not numeric_value or compare is None:
                 return None
             with np.errstate(invalid="ignore"):
                 return compare(col.values, float(value)) & ~np.isnan(col.values)
@@ -303,14 +354,14 @@ class FilterIndex:
             (key, cond), = clause.items()
             if isinstance(cond, dict) and len(cond) == 1:
                 (op, value), = cond.items()
-                if (key == LIST_FIELD and op == "$contains") or (key != LIST_FIELD and op == "$eq"):
+                if (key in self.list_keys and op == "$contains") or (key in self.columns and op == "$eq"):
                     yield (key, value)
 
     def _key_mask(self, key: tuple) -> np.ndarray | None:
         field, value = key
-        if field == LIST_FIELD:
-            return self.tokens.get(value)
-        return self._field_mask(field, "$eq", value) if indexed(field) else None
+        if field in self.list_keys:
+            return self.tokens.get((field, value))
+        return self._field_mask(field, "$eq", value) if field in self.columns else None
 
     def _top(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
         if len(rows) > k:
@@ -319,84 +370,11 @@ class FilterIndex:
         order = np.argsort(-scores, kind="stable")
         return [(self.ids[int(rows[i])], float(scores[i])) for i in order]
 
-    # ---- persistence -------------------------------------------------------------------------------
 
-    def save(self, folder: Path) -> None:
-        """Write the index under `folder` (replacing what is there), so another process can load
-        it in well under a second instead of reading every record back from Chroma."""
-        folder = Path(folder)
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with self._lock:
-            n = len(self.ids)
-            np.save(tmp / "vecs.npy", self.vecs[:n])
-            np.save(tmp / "alive.npy", self.alive[:n])
-            np.save(tmp / "ids.npy", np.array([i if i is not None else "" for i in self.ids], dtype=str)
-                    if n else np.zeros(0, "<U1"))
-            tokens = list(self.tokens)
-            np.save(tmp / "tokens.npy", np.stack([self.tokens[t][:n] for t in tokens]) if tokens
-                    else np.zeros((0, n), bool))
-            columns = {}
-            for c, (key, col) in enumerate(self.columns.items()):
-                np.save(tmp / f"column{c}.npy", col.values[:n])
-                columns[key] = {"file": f"column{c}.npy", "numeric": col.numeric,
-                                "codes": [[v, code] for v, code in col.codes.items()]}
-            meta = {"format": FORMAT, "dim": self.dim, "rows": n, "alive": self._alive_count,
-                    "stamp": self.stamp, "tokens": tokens, "columns": columns}
-        (tmp / "stamp.json").write_text(json.dumps(self.stamp))
-        (tmp / "index.json").write_text(json.dumps(meta))  # written last: a folder without it is incomplete
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{threading.get_ident()}")
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-
-    @classmethod
-    def load(cls, folder: Path) -> "FilterIndex | None":
-        """A saved index, or None when there is none (or it is incomplete or of another format).
-        Arrays are memory-mapped copy-on-write: loading a million records takes a fraction of a
-        second, pages are read as queries touch them, and writes stay private to this process."""
-        folder = Path(folder)
-        try:
-            meta = json.loads((folder / "index.json").read_text())
-            if meta.get("format") != FORMAT:
-                return None
-            index = cls(meta["dim"], 0)
-            index.vecs = np.load(folder / "vecs.npy", mmap_mode="c")
-            index.alive = np.load(folder / "alive.npy")
-            index.ids = [i or None for i in np.load(folder / "ids.npy").tolist()]
-            tokens = np.load(folder / "tokens.npy", mmap_mode="c")
-            for key, spec in meta["columns"].items():
-                col = Column(spec["numeric"], 0)
-                col.values = np.load(folder / spec["file"])
-                col.codes = {v: code for v, code in spec["codes"]}
-                index.columns[key] = col
-        except (OSError, ValueError, KeyError):
-            return None
-        index.tokens = {t: tokens[n] for n, t in enumerate(meta["tokens"])}
-        index._row_of = None
-        index._row_tokens = None
-        index._alive_count = int(meta["alive"])
-        index.stamp = meta.get("stamp")
-        if len(index.vecs) != meta["rows"] or len(index.ids) != meta["rows"]:
-            return None
-        return index
-
-
-def saved_stamp(folder: Path) -> dict | None:
-    """The stamp of the index saved under `folder`, without loading it (None: nothing saved)."""
-    try:
-        if not (Path(folder) / "index.json").is_file():
-            return None
-        return json.loads((Path(folder) / "stamp.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def build(records: Iterable[Record], dim: int, capacity: int = 1024) -> FilterIndex:
+def build(records: Iterable[Record], dim: int, capacity: int = 1024,
+          filterable: Filterable | None = None) -> FilterIndex:
     """An index over records read from the store in batches."""
-    index = FilterIndex(dim, capacity)
+    index = FilterIndex(dim, capacity, filterable)
     batch: list[Record] = []
     for rec in records:
         batch.append(rec)
