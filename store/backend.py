@@ -37,9 +37,9 @@ class ChromaBackend:
         return chroma_client.embedded_path(self.settings)
 
     def open(self, name: str, *, model_id: str, dim: int, create: bool = True,
-             filterable: Filterable | None = None) -> ChromaStore:
+             filterable: Filterable | None = None, build_index: bool = True) -> ChromaStore:
         return ChromaStore.open(self.settings, name, model_id=model_id, dim=dim, create=create,
-                                filterable=filterable)
+                                filterable=filterable, build_index=build_index)
 
     def _get(self, name: str):
         from chromadb.errors import NotFoundError

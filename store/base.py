@@ -98,8 +98,10 @@ class StoreBackend(Protocol):
     toolkit opens and manages them."""
 
     def open(self, name: str, *, model_id: str, dim: int, create: bool = True,
-             filterable: Any = None) -> VectorStore:
-        """The collection, made if `create` and missing; refuses one built by another model."""
+             filterable: Any = None, build_index: bool = True) -> VectorStore:
+        """The collection, made if `create` and missing; refuses one built by another model.
+        `filterable`: the metadata the filter index keeps (default: every key); `build_index`:
+        False for a one-shot process (use a saved index or the store's own filtering)."""
 
     def collections(self) -> list[CollectionStat]: ...
 

@@ -10,7 +10,6 @@ Connections and sharing the store between processes: store/chroma_client.py.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -44,18 +43,17 @@ HNSW = {"space": "cosine", "ef_search": 600, "ef_construction": 100, "max_neighb
 #: From this size on, filtered queries go through the exact in-memory filter index:
 #: Chroma's own `where` took 29 ms at 50k records and 456 ms at 1M for a 5% filter.
 FILTER_INDEX_MIN = 20_000
-#: Whether a filtered query that finds no current filter index starts building one in the
-#: background (and answers through Chroma meanwhile). Right for long-lived processes (`toolkit
-#: serve`, a notebook); one-shot commands turn it off, since the process would exit mid-build:
-#: they use a saved index when it is current and Chroma otherwise.
-BUILD_FILTER_INDEX = True
 
 
 class ChromaStore:
     """One Chroma collection; implements store.base.VectorStore."""
 
     def __init__(self, collection, model_id: str, dim: int, chroma_path: Path | None = None, *,
-                 client=None, filterable: Filterable | None = None) -> None:
+                 client=None, filterable: Filterable | None = None, build_index: bool = True) -> None:
+        """`build_index`: whether a filtered query that finds no current filter index starts
+        building one in the background (answering through Chroma meanwhile). Right for long-lived
+        processes (`toolkit serve`, a notebook); a one-shot command passes False, since it would
+        exit mid-build: it uses a saved index when current and Chroma otherwise."""
         self._col = _Guarded(collection)
         self._client = client
         self.model_id = model_id
@@ -68,11 +66,12 @@ class ChromaStore:
         hold = getattr(client, "held", None)
         self._keeper = IndexKeeper(self, dim, IndexFiles(self.index_dir) if self.index_dir else None,
                                    filterable, hold=hold)
-        self._keeper.build_in_background = BUILD_FILTER_INDEX
+        self._keeper.build_in_background = build_index
 
     @classmethod
     def open(cls, settings: "Settings", name: str, *, model_id: str, dim: int, create: bool = True,
-             hnsw: dict | None = None, filterable: Filterable | None = None) -> "ChromaStore":
+             hnsw: dict | None = None, filterable: Filterable | None = None,
+             build_index: bool = True) -> "ChromaStore":
         client = client_for(settings)
         meta = {"model_id": model_id, "dim": dim, "schema": SCHEMA_VERSION}
         try:
@@ -83,7 +82,8 @@ class ChromaStore:
             col = client.get_or_create_collection(name=name, metadata=meta, embedding_function=None,
                                                   configuration={"hnsw": dict(hnsw or HNSW)})
         cls._check_model(col, model_id, dim)
-        return cls(col, model_id, dim, chroma_path=embedded_path(settings), client=client, filterable=filterable)
+        return cls(col, model_id, dim, chroma_path=embedded_path(settings), client=client, filterable=filterable,
+                   build_index=build_index)
 
     @staticmethod
     def _check_model(col, model_id: str, dim: int) -> None:
@@ -243,7 +243,7 @@ class ChromaStore:
 
     @property
     def build_filter_index(self) -> bool:
-        """Whether a filtered query that finds no current index starts building one (BUILD_FILTER_INDEX)."""
+        """Whether a filtered query that finds no current index starts building one."""
         return self._keeper.build_in_background
 
     @build_filter_index.setter
@@ -260,13 +260,6 @@ class ChromaStore:
         else start building it in the background (a no-op under FILTER_INDEX_MIN records)."""
         if self.recent_count() >= self.filter_index_min:
             self._keeper.warm()
-
-    @contextmanager
-    def keeping_saved_index(self) -> Iterator[None]:
-        """Deprecated, a no-op: every write now appends to the saved index's change log. Kept until
-        toolkit/core.py stops calling it."""
-        with nullcontext():
-            yield
 
 
 class _Guarded:

@@ -239,7 +239,9 @@ def test_toolkit_tag_keeps_a_saved_index_current(settings, shared_data, tmp_path
     assert again.tag(folder, tagger="local").new == 4
     store = again.store
     assert saved(store)["gen"] == store._keeper.collection_gen()
-    reader = ChromaStore.open(settings, store.name, model_id=store.model_id, dim=store.dim)
+    from toolkit import registry
+
+    reader = registry.store(settings, ColourEmbedder(), store.name)  # as every process opens it
     assert reader._keeper.load_saved() is not None and len(reader._keeper.index) == store.count() == 12
 
 

@@ -15,7 +15,7 @@ from toolkit.ground.models import Hit, RunReport
 from toolkit.ground.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from store.chroma import ChromaStore
+    from store.base import VectorStore
     from store.collections import CollectionInfo
     from taggers.base import Embedder
     from toolkit.ingest.catalog import ImportReport
@@ -58,14 +58,18 @@ class Toolkit:
         self._embedder = embedder
         self._embedder_given = embedder is not None
         self._collection: str | None = None
-        self._store: "ChromaStore | None" = None
-        self._products: "ChromaStore | None" = None
+        self._store: "VectorStore | None" = None
+        self._products: "VectorStore | None" = None
         #: Share model calls between concurrent searches (toolkit/search/batching.py): the search
         #: service turns it on; one search at a time gains nothing from it.
         self.batch_queries = False
         self._batcher: Any = None
         self._batcher_lock = threading.Lock()
         self._has_items = False
+        #: Whether a filtered query that finds no current filter index starts building one in the
+        #: background: right for a long-lived process, not for a one-shot command, which would
+        #: exit mid-build (it uses a saved index, or the store's own filtering).
+        self.build_filter_index = True
 
     # Heavy parts load on first use, so constructing a Toolkit (and `toolkit --help`) is instant.
     @property
@@ -106,22 +110,23 @@ class Toolkit:
             return self._batcher
 
     @property
-    def store(self) -> "ChromaStore":
+    def store(self) -> "VectorStore":
         if self._store is None:
             self._store = self._open(self.collection)
         return self._store
 
     @property
-    def products_store(self) -> "ChromaStore":
+    def products_store(self) -> "VectorStore":
         if self._products is None:
             from store.collections import products_name
 
             self._products = self._open(products_name(self.collection))
         return self._products
 
-    def _open(self, name: str) -> "ChromaStore":
+    def _open(self, name: str) -> "VectorStore":
         try:
-            return registry.store(self.settings, self.embedder, collection=name)
+            return registry.store(self.settings, self.embedder, collection=name,
+                                  build_index=self.build_filter_index)
         except ModelMismatchError as exc:
             overrides = [] if self._embedder_given else self.setting_conflicts()
             if not overrides:
@@ -180,8 +185,7 @@ class Toolkit:
         pipeline = Pipeline(connector=connector, embedder=self.embedder, store=self.store, plan=plan,
                             products=load_products(self.products_store), settings=self.settings,
                             on_item=on_item, on_listed=on_listed, retag=retag, on_media=on_media)
-        with self.store.keeping_saved_index():
-            report = pipeline.run(uri)
+        report = pipeline.run(uri)
         self._note_made_with()
         return report
 
@@ -230,11 +234,9 @@ class Toolkit:
         instead of "no results". A search from a folder without a store does not create one."""
         if self._has_items:
             return
-        from store.chroma import describe_location
-
         fresh = not self.settings.uses_chroma_server and not self.settings.resolved_chroma_path.exists()
         if fresh or self.store.count() == 0:
-            where = describe_location(self.settings)
+            where = registry.store_backend(self.settings).describe_location()
             name = self.settings.collection if fresh else self.collection
             raise EmptyStoreError(
                 f"nothing tagged in collection {name!r} of the {where} yet: run "
@@ -250,8 +252,6 @@ class Toolkit:
         return import_products(products, self.embedder, self.products_store, self.store)
 
     def stats(self, top: int = 5) -> Stats:
-        from store.chroma import describe_location
-
         media_ids, kinds, linked = set(), Counter(), set()
         groups: dict[str, Counter] = {}
         records = 0
@@ -266,7 +266,7 @@ class Toolkit:
                 for key, value in meta.items():
                     if key.startswith("tag_"):
                         groups.setdefault(key[4:], Counter())[value] += 1
-        return Stats(store=describe_location(self.settings), collection=self.collection,
+        return Stats(store=registry.store_backend(self.settings).describe_location(), collection=self.collection,
                      model_id=self.embedder.model_id, dim=self.embedder.dim, records=records,
                      media=len(media_ids), images=kinds["image"], videos=kinds["video"],
                      frames=records - kinds["image"], products=self.products_store.count(),

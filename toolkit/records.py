@@ -39,6 +39,9 @@ MENU_FIELDS = ("kind", "product_id", "currency")
 #: per-record unique ones (ids, uris, titles), whose dictionaries cost more than a scan.
 INDEXED_CATEGORICAL = ("kind", "currency")
 INDEXED_NUMERIC = NUMERIC_FIELDS
+#: ...plus the filter tokens (`tags`) and every catalog attribute.
+INDEXED_KEYS = (*INDEXED_CATEGORICAL, *INDEXED_NUMERIC, "tags")
+INDEXED_PREFIXES = (ATTR_PREFIX,)
 
 
 def media_id(uri: str) -> str:

@@ -14,7 +14,7 @@ from toolkit.ground.settings import Settings
 
 if TYPE_CHECKING:
     from connectors.base import Connector
-    from store.base import VectorStore
+    from store.base import StoreBackend, VectorStore
     from taggers.base import Embedder, Tagger
 
 
@@ -121,11 +121,22 @@ def explicit_overrides(settings: Settings, spec: dict[str, str] | None) -> list[
     return out
 
 
-def store(settings: Settings, embedder: "Embedder", collection: str | None = None) -> "VectorStore":
-    from store.chroma import ChromaStore
+def store_backend(settings: Settings) -> "StoreBackend":
+    """Where collections live (an embedded folder or a Chroma server): opens, lists, drops them."""
+    from store.backend import ChromaBackend
 
-    return ChromaStore.open(settings, collection or settings.collection,
-                            model_id=embedder.model_id, dim=embedder.dim)
+    return ChromaBackend(settings)
+
+
+def store(settings: Settings, embedder: "Embedder", collection: str | None = None, *, create: bool = True,
+          build_index: bool = True) -> "VectorStore":
+    """A collection for `embedder`'s vectors, its filter index keeping the fields filters read."""
+    from store.filter_index import Filterable
+    from toolkit.records import INDEXED_KEYS, INDEXED_PREFIXES
+
+    return store_backend(settings).open(collection or settings.collection, model_id=embedder.model_id,
+                                        dim=embedder.dim, create=create, build_index=build_index,
+                                        filterable=Filterable(frozenset(INDEXED_KEYS), INDEXED_PREFIXES))
 
 
 def _local_tagger(settings: Settings, embedder: "Embedder") -> "Tagger":

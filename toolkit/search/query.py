@@ -20,7 +20,7 @@ from toolkit.records import hit_from_metadata
 from toolkit.ground.settings import default_of
 
 if TYPE_CHECKING:
-    from store.chroma import ChromaStore
+    from store.base import VectorStore
     from taggers.base import Embedder
 
 MAX_K = 200
@@ -73,7 +73,7 @@ def group_key(meta: dict) -> str:
     return f"p:{meta['product_id']}" if meta.get("product_id") else f"m:{meta.get('media_id')}"
 
 
-def search_vector(store: "ChromaStore", vector: np.ndarray, k: int = 10, where: Where = None,
+def search_vector(store: "VectorStore", vector: np.ndarray, k: int = 10, where: Where = None,
                   min_score: float | None = None, exclude: set[str] | None = None) -> list[Hit]:
     validate_k(k)
     hits = nearest_products(store, vector, k, where, exclude)[:k]
@@ -82,7 +82,7 @@ def search_vector(store: "ChromaStore", vector: np.ndarray, k: int = 10, where: 
     return hits
 
 
-def nearest_products(store: "ChromaStore", vector: np.ndarray, k: int, where: Where = None,
+def nearest_products(store: "VectorStore", vector: np.ndarray, k: int, where: Where = None,
                      exclude: set[str] | None = None, records: int | None = None) -> list[Hit]:
     """The nearest products (best record per product), best first: all those among the nearest
     `records` records (default 4 x k), and more records are read until there are at least k."""
@@ -109,7 +109,7 @@ def _best_per_group(matches, exclude: set[str]) -> list[Hit]:
     return list(best.values())
 
 
-def search(embedder: "Embedder", store: "ChromaStore", *, text: str | None = None,
+def search(embedder: "Embedder", store: "VectorStore", *, text: str | None = None,
            image: ImageQuery | None = None, k: int = 10, where: Where = None,
            min_score: float | None = None, hybrid_weight: float = DEFAULT_HYBRID_WEIGHT) -> list[Hit]:
     """Products for a text, an image or both. When the text has words, exact word matches
@@ -124,7 +124,7 @@ def search(embedder: "Embedder", store: "ChromaStore", *, text: str | None = Non
     return [h for h in hits if min_score is None or h.score >= min_score]
 
 
-def more_like_this(store: "ChromaStore", id: str, k: int = 10, where: Where = None,
+def more_like_this(store: "VectorStore", id: str, k: int = 10, where: Where = None,
                    min_score: float | None = None) -> list[Hit]:
     """Products like a product (by product id) or a media item (by media id) already in the store.
 

@@ -25,10 +25,9 @@ def search(
     """Find products by TEXT or by --image PHOTO (or both)."""
     if text is None and image is None:
         raise QueryError("nothing to search for; give a TEXT query or --image PATH")
-    import store.chroma
-
-    store.chroma.BUILD_FILTER_INDEX = False  # one query, then exit: use a saved filter index, never start a build
-    hits = Toolkit().search(text=text, image=image, k=k, where=where, min_score=min_score)
+    tk = Toolkit()
+    tk.build_filter_index = False  # one query, then exit: use a saved filter index, never start a build
+    hits = tk.search(text=text, image=image, k=k, where=where, min_score=min_score)
     if as_json:
         print_json(hits)
     else:

@@ -15,7 +15,7 @@ def serve(
     """Serve the search API (/api, /docs) and the search page (/) over HTTP. On an embedded
     store it also shares the store with the other toolkit commands run meanwhile (see README,
     "Several processes, one store")."""
-    from store.chroma import hosting
+    from toolkit import registry
     from toolkit.faces.api import create_app
     from toolkit.faces.api_server import run_server
     from toolkit.faces.memory import bound_malloc
@@ -24,7 +24,7 @@ def serve(
     tk = Toolkit()
     host = host or tk.settings.serve_host
     port = port if port is not None else tk.settings.serve_port
-    with hosting(tk.settings):
+    with registry.store_backend(tk.settings).hosting():
         typer.echo(f"loading collection '{tk.collection}' and its model…", err=True)
         records = tk.warm()
         typer.echo(f"serving {records} records on http://{host}:{port} (API docs at /docs)", err=True)
