@@ -57,7 +57,7 @@ class ImageFeaturizer:
         self.precision_used: str | None = None
         #: Why that precision (taggers/offline/precision.py), once the ONNX backbone is built.
         self.choice: "Choice | None" = None
-        self.cache = cache if cache is not None else default_cache()
+        self.cache = Path(cache) if cache is not None else default_cache()
         self.batch_size = batch_size
         self.threads = threads
         self.overrides = overrides or {}

@@ -60,7 +60,7 @@ class OfflineEmbedder:
         self.runtime = runtime
         self.precision = precision
         #: DATA_DIR/cache: exports, the int8 model and its verdict, label caches.
-        self.cache = cache if cache is not None else default_cache()
+        self.cache = Path(cache) if cache is not None else default_cache()
         self.batch_size = batch_size
         self.threads = threads
         self._lock = threading.Lock()
