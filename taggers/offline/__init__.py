@@ -10,7 +10,7 @@ PyTorch backbone) are imported when first asked for.
     pictures           IMAGE_SIZE, pad_square, to_square, normalise, mirrored, colour_batch,
                        COLOUR_DIM, COLOUR_VERSION
     backbones          LITE0, LITE0_BLOCKS, backbone_spec
-    files              sha256_file, file_sha256, sidecar_path, tag_heads_path, tag_heads_file
+    files              sha256_file, file_sha256, sidecar_path, read_sidecar, tag_heads_path, tag_heads_file
     heads (torch)      Heads, HeadsConfig, save_heads, load_heads, read_heads_config
     tag heads (torch)  TagHeads, TagHeadsConfig, save_tag_heads, load_tag_heads
     fine-tuning (torch) load_backbone, Tail
@@ -27,7 +27,7 @@ from taggers.offline.featurizers import (BACKBONE_DIM, TEXT_DIM, FrontRunner, Im
                                          TextFeaturizer)
 from taggers.offline.model import OfflineEmbedder, model_prefix
 from taggers.offline.preprocess import IMAGE_SIZE, colour_batch, mirrored, normalise, pad_square, to_square
-from taggers.weights import file_sha256, sha256_file, sidecar_path, tag_heads_file
+from taggers.weights import file_sha256, read_sidecar, sha256_file, sidecar_path, tag_heads_file
 from taggers.weights import path_beside as tag_heads_path
 
 #: Blocks of EfficientNet-Lite0 (fine-tuning trains the last few).
@@ -46,7 +46,7 @@ __all__ = [
     "BACKBONE_DIM", "COLOUR_DIM", "COLOUR_VERSION", "IMAGE_SIZE", "LITE0", "LITE0_BLOCKS", "TEXT_DIM",
     "FrontRunner", "ImageFeaturizer", "OfflineEmbedder", "Precision", "Runtime", "TextFeaturizer",
     "backbone_spec", "cache_dir", "colour_batch", "default_cache", "file_sha256", "mirrored", "model_prefix",
-    "normalise", "pad_square", "sha256_file", "sidecar_path", "tag_heads_file", "tag_heads_path", "to_square",
+    "normalise", "pad_square", "read_sidecar", "sha256_file", "sidecar_path", "tag_heads_file", "tag_heads_path", "to_square",
     *_WITH_TORCH,
 ]
 

@@ -1,6 +1,6 @@
 """EfficientNet-Lite, the offline model's image backbone, in PyTorch and exported to ONNX.
 
-Imports torch at module level: only import this lazily (see taggers/offline/model.py).
+Imports torch at module level: only import this lazily (see taggers/offline/featurizers.py).
 """
 from __future__ import annotations
 

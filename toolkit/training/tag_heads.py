@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from taggers.offline import OfflineEmbedder, file_sha256, sha256_file, sidecar_path, tag_heads_path
+from taggers.offline import OfflineEmbedder, file_sha256, read_sidecar, sha256_file, sidecar_path, tag_heads_path
 from toolkit.ground.errors import CatalogError
 from toolkit.ground.files import write_text_atomic
 from toolkit.training.captions import REQUIRED_COLUMNS, load_vocabulary
@@ -143,7 +143,7 @@ def _record_in_sidecar(heads_path: Path, out: Path, sha: str, training: dict) ->
     sidecar = sidecar_path(heads_path)
     if out.resolve() != tag_heads_path(heads_path).resolve() or not sidecar.is_file():
         return  # written elsewhere on purpose: the heads keep tagging as they did
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    meta = read_sidecar(heads_path)
     meta["tag_heads_sha256"] = sha
     meta["tag_heads_training"] = {**training, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_text_atomic(sidecar, json.dumps(meta, indent=2) + "\n")

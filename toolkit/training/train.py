@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from taggers.offline import (BACKBONE_DIM, COLOUR_DIM, COLOUR_VERSION, LITE0, ImageFeaturizer, OfflineEmbedder,
-                             TextFeaturizer, backbone_spec, model_prefix, sha256_file, sidecar_path, tag_heads_file)
+                             TextFeaturizer, backbone_spec, model_prefix, read_sidecar, sha256_file, sidecar_path,
+                             tag_heads_file)
 from toolkit.ground.errors import ConfigError
 from toolkit.ground.files import write_text_atomic
 from toolkit.training.captions import COMBOS, REQUIRED_COLUMNS, TEMPLATES, build_captions, load_vocabulary
@@ -114,8 +115,7 @@ def heads_info(heads_path: Path | None = None) -> dict[str, object]:
     """What a heads file is (checked against its pinned or recorded hash) and how it was trained."""
     model = OfflineEmbedder(heads_path=heads_path)
     path = model.verified_heads
-    sidecar = sidecar_path(path)
-    meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    meta = read_sidecar(path) if sidecar_path(path).is_file() else {}
     training = meta.get("training", {})
     return {"path": str(path), "model_id": model.model_id, "dim": model.dim,
             "backbone": meta.get("config", {}).get("backbone", ""),
