@@ -23,7 +23,7 @@ BATCH = 32
 def squares(paths: list[Path], size: int = 224) -> np.ndarray:
     from PIL import Image
 
-    from taggers.offline.model import to_square
+    from taggers.offline import to_square
 
     return np.stack([to_square(Image.open(p), size) for p in paths])
 
@@ -60,7 +60,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 def parity(model, torch_bb, onnx_bb, arrs: np.ndarray, titles: list[str]) -> dict:
     """Same top-10 from PyTorch and ONNX embeddings: image->image and text->image queries."""
-    from taggers.offline.model import colour_batch
+    from taggers.offline import colour_batch
 
     colour = colour_batch(arrs)
 
@@ -68,7 +68,7 @@ def parity(model, torch_bb, onnx_bb, arrs: np.ndarray, titles: list[str]) -> dic
         feats = np.concatenate([bb(arrs[i:i + BATCH]) for i in range(0, len(arrs), BATCH)])
         return model.project_images(np.concatenate([feats, colour], axis=1))
 
-    from taggers.offline.model import normalise
+    from taggers.offline import normalise
 
     t_img = embed(lambda x: torch_bb(normalise(x)))
     o_img = embed(lambda x: onnx_bb(normalise(x)))
@@ -84,9 +84,9 @@ def quality(model, featurizer, int8_bb, int8_file: Path) -> dict:
     """The spine's figures (bench/quality.py) on the eval split, fp32 against int8 features."""
     from quality import image_to_image, tag_accuracy, text_to_image, GALLERY
     from taggers.clip_local import LocalTagger
-    from taggers.offline.model import cache_dir
+    from taggers.offline import cache_dir
+    from toolkit.training.features import image_features
     from toolkit.training.split import eval_rows
-    from toolkit.training.loop import image_features
 
     from taggers.weights import file_sha256
 
@@ -95,7 +95,7 @@ def quality(model, featurizer, int8_bb, int8_file: Path) -> dict:
         features_key = f"{featurizer.backbone_key}-int8-{file_sha256(int8_file)[:12]}"
 
         def backbone(self, arrs: np.ndarray) -> np.ndarray:
-            from taggers.offline.model import normalise
+            from taggers.offline import normalise
 
             return np.concatenate([int8_bb(normalise(arrs[i:i + BATCH])) for i in range(0, len(arrs), BATCH)])
 
@@ -120,7 +120,8 @@ def quality(model, featurizer, int8_bb, int8_file: Path) -> dict:
 def run(parity_n: int = 500, speed_batches: int = 8) -> dict:
     from bench_embedder import embedder
     from taggers.offline.backbone import TorchBackbone, load_backbone
-    from taggers.offline.model import OnnxBackbone, normalise, set_threads
+    from taggers.offline import normalise
+    from taggers.offline.runners import OnnxBackbone, set_threads
     from taggers.offline.quantize import quantize_backbone
     from toolkit.training.split import eval_rows
 

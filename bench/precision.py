@@ -20,7 +20,7 @@ import numpy as np
 
 from common import PHOTOS, RESULTS, machine, say
 
-from taggers.offline.model import OfflineEmbedder  # noqa: E402
+from taggers.offline import OfflineEmbedder  # noqa: E402
 from taggers.offline.precision import parity  # noqa: E402
 from toolkit.training.split import rows_for  # noqa: E402
 

@@ -30,12 +30,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(ROOT / "bench"))
 
 from taggers.clip_local import LocalTagger  # noqa: E402
-from taggers.offline.backbone_specs import LITE0, spec  # noqa: E402
-from taggers.offline.model import BACKBONE_DIM, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
-from toolkit.evaluation.run import (precision_at, query_ceilings, text_metrics, text_ranks,  # noqa: E402
-                                top_neighbours)
+from taggers.offline import BACKBONE_DIM, LITE0, ImageFeaturizer, OfflineEmbedder, cache_dir  # noqa: E402
+from taggers.offline import backbone_spec as spec  # noqa: E402
+from toolkit.evaluation.metrics import (precision_at, query_ceilings, text_metrics, text_ranks,  # noqa: E402
+                                        top_neighbours)
+from toolkit.training.features import image_features  # noqa: E402
 from toolkit.training.split import rows_for, train_rows  # noqa: E402
-from toolkit.training.loop import image_features  # noqa: E402
 from common import machine  # noqa: E402
 
 ATTRS = ["articleType", "baseColour", "gender"]
@@ -78,7 +78,7 @@ def attribute_queries(model: OfflineEmbedder, img: np.ndarray, rows: list[dict],
     got = {a: by_k[f"p@{k}"] for a, by_k in precision_at(top, labels, ks=(k,), query_labels=asked).items()}
     out: dict = {"queries": len(queries), **{a: got[a] for a in named}, "all_three": got["all"]}
     out["mean"] = round(float(np.mean([out[a] for a in named])), 4)
-    # The best any ranking could do with this gallery's labels (toolkit/evaluation/run.py).
+    # The best any ranking could do with this gallery's labels (toolkit/evaluation/metrics.py).
     best = query_ceilings(labels, asked, k)
     out["ceiling"] = {**{a: best[a] for a in named}, "all_three": best["all"], "mean": best["mean"]}
     return out
@@ -156,7 +156,8 @@ def throughput(paths: list[Path], heads: Path | None, threads: int, precision: s
     images = [Image.open(p).convert("RGB") for p in paths]
     out: dict = {"precision": precision}
     for runtime in ("onnx", "torch"):
-        model = OfflineEmbedder(heads, runtime=runtime, batch_size=32, threads=threads, precision=precision)
+        model = OfflineEmbedder(heads, runtime=runtime, batch_size=32, threads=threads, precision=precision,
+                                cache=cache_dir())
         model.embed_images(images[:32])  # load, export, warm up
         t = time.perf_counter()
         model.embed_images(images)
@@ -193,7 +194,7 @@ def main() -> None:
 
     images, catalog = args.data / "images", args.data / "styles.csv"
     ev = sorted(rows_for(catalog, args.split, images), key=lambda r: int(r["id"]) if r["id"].isdigit() else r["id"])
-    model = OfflineEmbedder(args.heads, threads=args.threads, precision=args.precision)
+    model = OfflineEmbedder(args.heads, threads=args.threads, precision=args.precision, cache=cache_dir())
     feat = features_of(model)
     cache = cache_dir() / "features"
     say(f"{args.split} split: {len(ev)} photos; features ...")
@@ -203,7 +204,8 @@ def main() -> None:
                     "precision": args.precision, "precision_used": feat.precision_used or "fp32"}
 
     # The baselines are EfficientNet-Lite0's (fp32), whatever backbone the model uses.
-    lite0 = ImageFeaturizer("auto", 64, args.threads, mid=spec(LITE0).mid, backbone=LITE0)
+    lite0 = ImageFeaturizer("auto", 64, args.threads, mid=spec(LITE0).mid, backbone=LITE0, precision="fp32",
+                            cache=cache_dir())
     ev_l0, _ = image_features([images / f"{r['id']}.jpg" for r in ev], lite0, cache, False, say)
     result["image_to_image"] = {"model": image_to_image(emb, ev),
                                 "raw_effnet": image_to_image(l2(ev_l0[:, :BACKBONE_DIM]), ev)}

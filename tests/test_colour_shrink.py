@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taggers import colour
+from taggers.offline import colour
 
 
 @pytest.mark.parametrize("side", [224, 225, 230, 112, 300, 448])

@@ -14,10 +14,11 @@ import pytest
 
 from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_products_csv
 from toolkit.ground.errors import ConfigError
-from toolkit.evaluation.run import (evaluate, attribute_query_labels, confusion, failed_gates, image_ceilings, margin, metric_names,
-                                narrow_gates, parse_gate, pca_2d, precision_at, query_ceilings, query_precision,
-                                tag_hits, tag_scores, text_metrics, text_ranks, title_scores,
-                                top_for_queries, top_neighbours)
+from toolkit.evaluation import evaluate, failed_gates, narrow_gates, parse_gate
+from toolkit.evaluation.gates import metric_names
+from toolkit.evaluation.metrics import (attribute_query_labels, confusion, image_ceilings, margin, pca_2d, precision_at,
+                                        query_ceilings, query_precision, tag_hits, tag_scores, text_metrics, text_ranks,
+                                        title_scores, top_for_queries, top_neighbours)
 
 TOOLKIT = str(Path(sys.executable).parent / "toolkit")
 
@@ -173,7 +174,7 @@ def test_confusion_rows_sum_to_each_labels_photos():
 
 
 def test_attribute_queries_need_two_photos_and_every_label():
-    from toolkit.evaluation.run import LabelledItem
+    from toolkit.evaluation.catalog import LabelledItem
 
     def item(g, c, a):
         return LabelledItem("1", "", Path("x.jpg"), {"gender": g, "baseColour": c, "articleType": a})

@@ -80,8 +80,7 @@ def test_unknown_runtime_is_a_model_error() -> None:
 
 
 def test_onnx_runtime_matches_torch(offline, photo, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path))
-    onnx = OfflineEmbedder(runtime="onnx", batch_size=8, threads=2, precision="fp32")
+    onnx = OfflineEmbedder(runtime="onnx", batch_size=8, threads=2, precision="fp32", cache=tmp_path / "cache")
     pics = [photo(n) for n in ("tshirt", "watch", "heels", "casual_shoes")]
     a = onnx.embed_images(pics)
     assert onnx.runtime_used == "onnx"
@@ -90,7 +89,7 @@ def test_onnx_runtime_matches_torch(offline, photo, tmp_path, monkeypatch) -> No
     assert offline.runtime_used == "torch"
     np.testing.assert_allclose(a, b, atol=1e-4)
     # A second embedder reuses the exported file.
-    again = OfflineEmbedder(runtime="auto", threads=2, precision="fp32")
+    again = OfflineEmbedder(runtime="auto", threads=2, precision="fp32", cache=tmp_path / "cache")
     np.testing.assert_allclose(again.embed_images(pics[:1]), a[:1], atol=1e-5)
     assert again.runtime_used == "onnx"
 

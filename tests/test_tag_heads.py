@@ -16,7 +16,7 @@ from taggers.offline.tag_heads import TagHeads, TagHeadsConfig, load_tag_heads, 
 from taggers.weights import SHIPPED_HEADS, path_beside, sha256_file, sidecar_path
 from tests.model_fixtures import offline, photo, shared_data  # noqa: F401 - fixtures
 from toolkit.ground.errors import ModelError, SourceError
-from toolkit.training.tag_heads import train_tag_heads
+from toolkit.training import train_tag_heads
 
 COLUMN_GROUPS = {"article_type", "colour", "gender", "usage", "season", "master_category"}
 

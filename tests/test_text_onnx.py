@@ -20,10 +20,9 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def embedder(data_dir, monkeypatch):
+def embedder(data_dir):
     """One export per module: the cache lives in a data dir the tests share."""
-    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(data_dir))
-    emb = OfflineEmbedder(runtime="auto")
+    emb = OfflineEmbedder(runtime="auto", cache=data_dir / "cache")
     emb.embed_texts(["warm up: exports the tower the first time"])
     return emb
 
@@ -42,7 +41,7 @@ def test_runtime_torch_keeps_the_pytorch_path():
 
 def test_a_cached_export_embeds_without_torch(embedder):
     code = ("import sys; from taggers.offline.model import OfflineEmbedder; "
-            "v = OfflineEmbedder().embed_texts(['red dress']); "
+            f"v = OfflineEmbedder(cache={str(embedder.cache)!r}).embed_texts(['red dress']); "
             "print(v.shape, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["(1,", "256)", "False", "False"]
@@ -51,9 +50,9 @@ def test_a_cached_export_embeds_without_torch(embedder):
 def test_the_first_export_prints_no_progress_bar(tmp_path):
     # stderr belongs to the toolkit's own progress: transformers' "Loading weights" bar used to
     # appear in the middle of the first `toolkit search` or `toolkit eval` in a new data dir.
-    code = "from taggers.offline.model import OfflineEmbedder; print(OfflineEmbedder().embed_texts(['red dress']).shape)"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "TOOLKIT_DATA_DIR": str(tmp_path / "fresh")})
+    cache = str(tmp_path / "fresh" / "cache")
+    code = f"from taggers.offline.model import OfflineEmbedder; print(OfflineEmbedder(cache={cache!r}).embed_texts(['red dress']).shape)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
     assert run.stdout.split() == ["(1,", "256)"]
     assert list((tmp_path / "fresh" / "cache" / "onnx").glob("text-tower-*.onnx")), "the tower was exported"
     assert "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr

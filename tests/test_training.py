@@ -13,7 +13,10 @@ from taggers.weights import sha256_file, sidecar_path
 from tests.model_fixtures import photo, shared_data  # noqa: F401 - fixtures
 from toolkit.ground.errors import CatalogError, ConfigError, ModelError, SourceError
 from toolkit.training.split import EVAL_FRACTION, HOLDOUT_FRACTION, eval_rows, is_eval, is_holdout, rows_for, train_rows
-from toolkit.training.loop import build_captions, load_vocabulary, match_matrix, pattern_of, train_heads, training_rows
+from toolkit.training import train_heads
+from toolkit.training.captions import build_captions, load_vocabulary, pattern_of
+from toolkit.training.losses import match_matrix
+from toolkit.training.split import training_rows
 
 
 def test_split_is_fixed_and_big_enough(shared_data) -> None:

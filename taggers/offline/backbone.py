@@ -1,10 +1,9 @@
 """EfficientNet-Lite, the offline model's image backbone, in PyTorch and exported to ONNX.
 
-Imports torch at module level: only import this lazily (see taggers/offline/model.py).
+Imports torch at module level: only import this lazily (see taggers/offline/featurizers.py).
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from taggers import weights
 from taggers.offline.backbone_specs import _PRODUCT_BELOW, LITE0, parse_mid, spec
 from taggers.offline.runtime_files import sweep_stale_tmp
 from toolkit.ground.errors import ModelError
+from toolkit.ground.files import atomic_path
 
 IMAGE_SIZE = 224
 
@@ -89,18 +89,13 @@ def _export(module: torch.nn.Module, output: str, out: Path, size: int = IMAGE_S
     never leaves a half-written model behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_tmp(out.parent)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     dummy = torch.zeros(1, 3, size, size)
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated but needs no onnxscript; its notices are noise here.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (dummy,), str(tmp), input_names=["pixels"], output_names=[output],
-                              dynamic_axes={"pixels": {0: "batch"}, output: {0: "batch"}},
-                              dynamo=False, opset_version=17)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but needs no onnxscript; its notices are noise here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (dummy,), str(tmp), input_names=["pixels"], output_names=[output],
+                          dynamic_axes={"pixels": {0: "batch"}, output: {0: "batch"}},
+                          dynamo=False, opset_version=17)
     return out
 
 class Front(torch.nn.Module):

@@ -6,7 +6,6 @@ metadata carries the architecture, so a file alone is enough to rebuild the mode
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-FORMAT = "toolkit-heads-v1"
+from taggers.offline import file_format
+
+FORMAT = file_format.HEADS_FORMAT
 
 
 @dataclass
@@ -77,34 +78,17 @@ class Heads(nn.Module):
 
 def save_heads(heads: Heads, path: Path, backbone_state: dict[str, torch.Tensor] | None = None) -> None:
     """Write the heads (float16, to keep the shipped file small) and any fine-tuned backbone tensors."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in heads.state_dict().items()}
     tensors["logit_scale"] = heads.logit_scale.detach().float().reshape(1)
     for k, v in (backbone_state or {}).items():
         tensors[f"backbone.{k}"] = v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # One metadata key only: safetensors writes its metadata map in no fixed order, and
-    # several keys would make the file's bytes (so its SHA-256 and model_id) vary run to run.
-    meta = json.dumps({"format": FORMAT, "config": asdict(heads.cfg)}, sort_keys=True)
-    save_file(tensors, str(path), metadata={"toolkit": meta})
+    file_format.save(tensors, path, FORMAT, asdict(heads.cfg))
 
 
 def read_config(path: Path) -> HeadsConfig:
-    """The architecture stored in a heads file, read from its header alone."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    return config_from_metadata(meta)
-
-
-def config_from_metadata(meta: dict[str, str]) -> HeadsConfig:
-    """The HeadsConfig recorded in a heads file's safetensors metadata."""
-    info = json.loads(meta.get("toolkit", "{}"))
-    if info.get("format") != FORMAT:
-        raise ValueError(f"not a {FORMAT} file")
-    return HeadsConfig(**info["config"])
+    """The architecture stored in a heads file, read from its header alone (ValueError for
+    a file of another kind)."""
+    return HeadsConfig(**file_format.read_config(path, FORMAT))
 
 
 def load_heads(path: Path) -> tuple[Heads, dict[str, torch.Tensor]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from toolkit.ground.files import write_text_atomic
 from toolkit.ground.machine import describe, machine_facts, machine_key
 
 log = logging.getLogger(__name__)
@@ -154,13 +154,10 @@ def _write(path: Path, choice: Choice) -> None:
     data = {"format": _FORMAT, "machine": choice.machine, "machine_line": describe(choice.machine),
             "tolerance": TOLERANCE, "min_speedup": MIN_SPEEDUP,
             "choices": {**data.get("choices", {}), choice.wanted: entry}}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=1) + "\n")
     except OSError as err:  # a read-only cache only costs a re-check next time
         log.debug("cannot record the precision choice at %s: %s", path, err)
-        tmp.unlink(missing_ok=True)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

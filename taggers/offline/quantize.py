@@ -21,6 +21,9 @@ from typing import Iterator
 
 import numpy as np
 
+from taggers.offline.preprocess import mirrored, normalise, to_square
+from toolkit.ground.files import atomic_path
+
 CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration"
 #: Part of the file name: a new calibration set or recipe makes a new file.
 VERSION = "qdq1"
@@ -32,20 +35,16 @@ def int8_path(fp32: Path) -> Path:
 
 def calibration_batches(batch: int = 16, size: int = 224) -> Iterator[np.ndarray]:
     """Normalised NCHW batches of the calibration photos, each followed by its mirror images."""
-    from taggers.offline.model import normalise
-
     arrs = calibration_photos(size)
     for i in range(0, len(arrs), batch):
         yield normalise(arrs[i:i + batch])
-        yield normalise(np.ascontiguousarray(arrs[i:i + batch, :, ::-1]))
+        yield normalise(mirrored(arrs[i:i + batch]))
 
 
 def calibration_photos(size: int = 224) -> np.ndarray:
     """The calibration photos as squared uint8 pictures (N, size, size, 3), without mirrors: what
     taggers/offline/precision.py checks int8 against fp32 on."""
     from PIL import Image
-
-    from taggers.offline.model import to_square
 
     photos = sorted(CALIBRATION.glob("*.jpg"))
     if not photos:
@@ -72,15 +71,13 @@ def quantize_backbone(fp32: Path, size: int = 224) -> Path:
             return None if x is None else {input_name: x}
 
     tmp_pre = out.with_name(f"{out.stem}.{os.getpid()}.pre.onnx")
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.onnx")
     try:
-        quant_pre_process(str(fp32), str(tmp_pre))
-        quantize_static(str(tmp_pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            quant_pre_process(str(fp32), str(tmp_pre))
+            quantize_static(str(tmp_pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
         tmp_pre.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
     return out
 
 

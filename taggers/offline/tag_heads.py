@@ -13,7 +13,6 @@ collection stay valid when they are added or retrained.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-FORMAT = "toolkit-tag-heads-v1"
+from taggers.offline import file_format
+
+FORMAT = file_format.TAG_HEADS_FORMAT
 
 
 @dataclass
@@ -63,26 +64,16 @@ class TagHeads(nn.Module):
 
 
 def save_tag_heads(model: TagHeads, path: Path) -> None:
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to(torch.float16 if k.startswith("classifiers.") else torch.float32).contiguous()
                for k, v in model.state_dict().items()}
-    meta = json.dumps({"format": FORMAT, "config": asdict(model.cfg)}, sort_keys=True)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"toolkit": meta})
+    file_format.save(tensors, path, FORMAT, asdict(model.cfg))
 
 
 def load_tag_heads(path: Path) -> TagHeads:
     """The classifiers in eval mode (float32). Raises ValueError for a file of another kind."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    info = json.loads(meta.get("toolkit", "{}"))
-    if info.get("format") != FORMAT:
-        raise ValueError(f"not a {FORMAT} file")
-    model = TagHeads(TagHeadsConfig(**info["config"]))
+    model = TagHeads(TagHeadsConfig(**file_format.read_config(path, FORMAT)))
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     model.eval()
     return model

@@ -74,25 +74,21 @@ def export_text_tower(heads: "Heads", minilm_folder: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModel
 
-    from taggers.offline.model import quietly
+    from taggers.offline.runners import quietly
     from taggers.offline.runtime_files import sweep_stale_tmp
+    from toolkit.ground.files import atomic_path
 
     bert = quietly(lambda: AutoModel.from_pretrained(str(minilm_folder), attn_implementation="eager")).eval()
     tower = _Tower(bert, heads).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_tmp(out.parent)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     dummy = tuple(torch.ones(2, 8, dtype=torch.int64) if n != "token_type_ids" else torch.zeros(2, 8, dtype=torch.int64)
                   for n in INPUTS)
     axes = {n: {0: "batch", 1: "tokens"} for n in INPUTS} | {"vector": {0: "batch"}}
-    try:
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-            torch.onnx.export(tower, dummy, str(tmp), input_names=list(INPUTS), output_names=["vector"],
-                              dynamic_axes=axes, dynamo=False, opset_version=17)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(tower, dummy, str(tmp), input_names=list(INPUTS), output_names=["vector"],
+                          dynamic_axes=axes, dynamo=False, opset_version=17)
     return out
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.ground.errors import ConfigError
-from toolkit.evaluation.run import margin
+from toolkit.evaluation.metrics import margin
 
 ITEMS_FILE = "eval.items.json"
 FORMAT = "toolkit-eval-items-v1"

@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 
 from toolkit.evaluation.compare import Comparison
-from toolkit.evaluation.run import EvalReport
+from toolkit.evaluation.record import EvalReport
 from toolkit.report_style import CSS
 
 #: Ten distinguishable colours (Tableau 10) for the map's commonest categories; the rest are grey.

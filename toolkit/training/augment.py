@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from taggers.offline.model import pad_square
+from taggers.offline import pad_square
 
 #: Changing how views are drawn must change this, since cached view features are keyed by it.
 AUGMENT_VERSION = "crop-shift-turn-v1"

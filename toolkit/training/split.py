@@ -2,17 +2,20 @@
 
 The split is a pure function of the id (a SHA-1 bucket), so it never changes between
 machines, runs or catalog orderings, and nothing has to be stored to reproduce it.
-Training must never see an eval item; `train_rows` enforces that in one place.
+Training must never see an eval item; `trains_on` decides that in one place, and
+`training_rows` (what a training run reads) checks it again.
 Choosing between training settings must not look at the eval split either: for that,
 `toolkit model train --hold-out` also leaves out a fixed fifth of the training split
 (the "holdout" split), and `toolkit eval --split holdout` scores it.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
+
+from toolkit.ground.errors import CatalogError, SourceError
+from toolkit.ground.files import csv_rows
 
 #: Share of ids that go to eval. 8,083 photos give about 1,600 eval items.
 EVAL_FRACTION = 0.2
@@ -41,6 +44,12 @@ def is_holdout(product_id: str) -> bool:
     return not is_eval(product_id) and _bucket(_HOLDOUT_SALT, product_id) < HOLDOUT_FRACTION
 
 
+def trains_on(product_id: str, exclude_eval: bool = True, hold_out: bool = False) -> bool:
+    """Whether training may see this id: never an eval id (unless `exclude_eval` is off), nor
+    with `hold_out` one of the holdout fifth."""
+    return not (exclude_eval and is_eval(product_id)) and not (hold_out and is_holdout(product_id))
+
+
 def in_split(product_id: str, split: Split) -> bool:
     """Whether an id belongs to `split`; "train" includes the holdout fifth."""
     if split == "all":
@@ -49,13 +58,12 @@ def in_split(product_id: str, split: Split) -> bool:
         return is_eval(product_id)
     if split == "holdout":
         return is_holdout(product_id)
-    return not is_eval(product_id)
+    return trains_on(product_id)
 
 
 def read_catalog(catalog_csv: Path) -> list[dict[str, str]]:
     """All rows of a styles.csv-like file, with whitespace stripped from every value."""
-    with open(catalog_csv, newline="", encoding="utf-8") as fh:
-        return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(fh)]
+    return [row for _, row in csv_rows(catalog_csv)]
 
 
 def rows_for(catalog_csv: Path, split: Split, images_dir: Path | None = None) -> list[dict[str, str]]:
@@ -72,3 +80,28 @@ def train_rows(catalog_csv: Path, images_dir: Path | None = None) -> list[dict[s
 
 def eval_rows(catalog_csv: Path, images_dir: Path | None = None) -> list[dict[str, str]]:
     return rows_for(catalog_csv, "eval", images_dir)
+
+
+def training_rows(images_dir: Path, catalog_csv: Path, exclude_eval: bool, limit: int | None,
+                  hold_out: bool = False, required: Iterable[str] = ("id",)) -> tuple[list[dict], int]:
+    """The rows a training run sees: those with a photo that `trains_on` allows, the first
+    `limit` of them; also how many rows with a photo were left out. `required`: the columns
+    the catalog must have."""
+    if not images_dir.is_dir():
+        raise SourceError(f"--images {images_dir}: not a folder of <id>.jpg photos")
+    if not catalog_csv.is_file():
+        raise CatalogError(f"--catalog {catalog_csv}: no such file")
+    rows = read_catalog(catalog_csv)
+    missing = set(required) - set(rows[0] if rows else {})
+    if missing:
+        raise CatalogError(f"--catalog {catalog_csv}: missing columns {', '.join(sorted(missing))}")
+    rows = [r for r in rows if (images_dir / f"{r['id']}.jpg").is_file()]
+    kept = [r for r in rows if trains_on(r["id"], exclude_eval, hold_out)]
+    if limit:
+        kept = kept[:limit]
+    if exclude_eval:
+        # The one guarantee every reported figure rests on.
+        assert not any(is_eval(r["id"]) for r in kept), "eval item in the training set"
+    if len(kept) < 8:
+        raise CatalogError(f"--catalog {catalog_csv}: only {len(kept)} training photos found in {images_dir}")
+    return kept, len(rows) - len(kept)

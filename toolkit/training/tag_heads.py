@@ -11,17 +11,20 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from taggers.offline import OfflineEmbedder, file_sha256, read_sidecar, sha256_file, sidecar_path, tag_heads_path
 from toolkit.ground.errors import CatalogError
-from toolkit.training.split import SPLIT_NAME
+from toolkit.ground.files import write_text_atomic
+from toolkit.training.captions import REQUIRED_COLUMNS, load_vocabulary
+from toolkit.training.config import Progress
+from toolkit.training.features import image_features, training_cache
+from toolkit.training.split import SPLIT_NAME, training_rows
 
 if TYPE_CHECKING:
-    from taggers.offline.tag_heads import TagHeads
-
-Progress = Callable[[str], None]
+    from taggers.offline import TagHeads
 
 
 @dataclass
@@ -56,7 +59,7 @@ def fit_tag_heads(feats: np.ndarray, mirror: np.ndarray | None, labels: dict[str
     mirror image. Cross-entropy with label smoothing, AdamW, one-cycle schedule."""
     import torch
 
-    from taggers.offline.tag_heads import TagHeads, TagHeadsConfig
+    from taggers.offline import TagHeads, TagHeadsConfig
 
     say = progress or (lambda _msg: None)
     torch.manual_seed(seed)
@@ -98,34 +101,34 @@ def fit_tag_heads(feats: np.ndarray, mirror: np.ndarray | None, labels: dict[str
 def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None = None, out: Path | None = None,
                     *, exclude_eval: bool = True, hold_out: bool = False, epochs: int = 25, seed: int = 0,
                     threads: int = 0, runtime: str = "auto", limit: int | None = None,
-                    vocabulary: Path | None = None, progress: Progress | None = None) -> TagTrainReport:
+                    vocabulary: Path | None = None, progress: Progress | None = None,
+                    cache: Path | None = None) -> TagTrainReport:
     """Train the classifiers for a heads file (default: the shipped one) on the catalog's photos
-    and write them beside it; the heads' sidecar records their SHA-256 and training."""
-    from taggers import weights
-    from taggers.offline.model import OfflineEmbedder, cache_dir
-    from taggers.offline.tag_heads import save_tag_heads
-    from taggers.weights import path_beside
-    from toolkit.training.loop import image_features, load_vocabulary, training_rows
+    and write them beside it; the heads' sidecar records their SHA-256 and training. `cache`:
+    the data directory's cache folder (default: that of the settings in force)."""
+    from taggers.offline import save_tag_heads
 
+    cache = training_cache(cache)
     say = progress or (lambda _msg: None)
     t0 = time.time()
-    rows, _ = training_rows(Path(images_dir), Path(catalog_csv), exclude_eval, limit, hold_out)
+    rows, _ = training_rows(Path(images_dir), Path(catalog_csv), exclude_eval, limit, hold_out,
+                            required=REQUIRED_COLUMNS)
     labels, targets = group_targets(rows, load_vocabulary(vocabulary))
     if not labels:
         raise CatalogError(f"--catalog {catalog_csv}: no column of the tag vocabulary has labels to learn")
     # fp32 features: classifiers learn from the exact features, whatever this CPU would run at.
     model = OfflineEmbedder(heads_path=heads_path, runtime=runtime, threads=threads,  # type: ignore[arg-type]
-                            precision="fp32")
+                            precision="fp32", cache=cache)
     heads_file = model.verified_heads
     # The embedder's own featurizer: the backbone, fine-tuned blocks and mid-level taps the heads use.
     feats, mirror = image_features([Path(images_dir) / f"{r['id']}.jpg" for r in rows], model.images,
-                                   cache_dir() / "features", True, say)
+                                   cache / "features", True, say)
     feats, mirror = feats[:, : model.heads().cfg.image_in], mirror[:, : model.heads().cfg.image_in]
-    tag_heads = fit_tag_heads(feats, mirror, labels, targets, heads_sha256=weights.file_sha256(heads_file),
+    tag_heads = fit_tag_heads(feats, mirror, labels, targets, heads_sha256=file_sha256(heads_file),
                               epochs=epochs, seed=seed, progress=say)
-    out = Path(out) if out else path_beside(heads_file)
+    out = Path(out) if out else tag_heads_path(heads_file)
     save_tag_heads(tag_heads, out)
-    sha = weights.sha256_file(out)
+    sha = sha256_file(out)
     groups = {n: len(v) for n, v in labels.items()}
     _record_in_sidecar(heads_file, out, sha, {"n_train": len(rows), "epochs": epochs, "seed": seed,
                                               "split": SPLIT_NAME, "exclude_eval": exclude_eval,
@@ -137,12 +140,10 @@ def _record_in_sidecar(heads_path: Path, out: Path, sha: str, training: dict) ->
     """The heads' sidecar names the classifiers beside them (the hash the tagger checks them
     against) and how they were trained. The shipped heads are checked against a hash pinned
     in taggers/weights.py instead: after retraining them, pin the printed SHA-256 there."""
-    from taggers.weights import path_beside, sidecar_path
-
     sidecar = sidecar_path(heads_path)
-    if out.resolve() != path_beside(heads_path).resolve() or not sidecar.is_file():
+    if out.resolve() != tag_heads_path(heads_path).resolve() or not sidecar.is_file():
         return  # written elsewhere on purpose: the heads keep tagging as they did
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    meta = read_sidecar(heads_path)
     meta["tag_heads_sha256"] = sha
     meta["tag_heads_training"] = {**training, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    sidecar.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(sidecar, json.dumps(meta, indent=2) + "\n")

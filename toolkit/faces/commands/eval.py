@@ -13,9 +13,9 @@ from rich.table import Column, Table
 from toolkit.faces.commands.output import err, out, to_jsonable
 from toolkit.core import Toolkit
 from toolkit.ground.errors import ConfigError
-from toolkit.evaluation.compare import ITEMS_FILE, Comparison, load_items, save_items
-from toolkit.evaluation.run import (evaluate, EvalReport, check_gate_names, failed_gates, narrow_gates, parse_gate,
+from toolkit.evaluation import (EvalReport, check_gate_names, evaluate, failed_gates, narrow_gates, parse_gate,
                                 planned_metrics)
+from toolkit.evaluation.compare import ITEMS_FILE, Comparison, load_items, save_items
 
 
 def eval_(

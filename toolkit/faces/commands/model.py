@@ -47,7 +47,7 @@ def train(
                                            "the photo itself (features computed once and cached)."),
 ) -> None:
     """Train projection heads on a catalog's photos and attributes (eval split left out)."""
-    from toolkit.training.loop import train_heads
+    from toolkit.training import train_heads
 
     report = train_heads(images, catalog, out, epochs=epochs, seed=seed, exclude_eval=not include_eval,
                          threads=threads, finetune_blocks=finetune_blocks, augment_views=augment_views,
@@ -75,7 +75,7 @@ def train_tags(
 ) -> None:
     """Train the label classifiers the local tagger blends with its prompts, for existing heads
     (`toolkit model train` trains them with the heads). Tags change; vectors do not."""
-    from toolkit.training.tag_heads import train_tag_heads
+    from toolkit.training import train_tag_heads
 
     report = train_tag_heads(images, catalog, heads, out, exclude_eval=not include_eval, hold_out=hold_out,
                              epochs=epochs, seed=seed, threads=threads, progress=_progress)
@@ -92,7 +92,7 @@ def info(
     model the collection in use was built with (`toolkit reindex`), else the configured one.
     Also the image backbone's precision on this machine and why (on first use here, int8 is
     checked against fp32 first, which takes up to a minute)."""
-    from toolkit.training.loop import heads_info
+    from toolkit.training import heads_info
 
     if heads is None:
         settings = _model_settings()
