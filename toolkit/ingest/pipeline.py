@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from taggers.base import Embedder, Tagger
     from toolkit.ingest.tagging import TaggerPlan
 
-#: Callback for progress: (ref, status, reason). status is new/updated/retagged/unchanged/skipped/failed.
+#: Callback for progress: (ref, status, reason). status is new/updated/retagged/unchanged/skipped/failed,
+#: or what the reader calls them (`Reader.names`: reindex says embedded/done/missing).
 ItemCallback = Callable[[MediaRef, str, str | None], None]
 #: Callback with each media item whose records were built: its frames' embeddings (and the
 #: image features behind them, where the embedder gives them) are still on it. Called on the
