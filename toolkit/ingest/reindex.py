@@ -35,7 +35,7 @@ from toolkit.ground.settings import Settings
 from toolkit.ingest.catalog import _product_text, product_from_meta
 from toolkit.ingest.pipeline import Pipeline
 from toolkit.ingest.readers import WorkItem
-from toolkit.records import ATTR_PREFIX, PRODUCT_FIELDS
+from toolkit.records import ATTR_PREFIX, PRODUCT_FIELDS, strip_product_fields
 
 if TYPE_CHECKING:
     from connectors.base import Connector
@@ -130,7 +130,7 @@ class StoredReader:
                                      fingerprint=meta.get("fingerprint")),
                         existing=[(r.id, r.metadata) for r in existing], earlier=[r.metadata for r in source],
                         product=product_of(meta), status="updated" if existing else "new")
-        if _holds(existing, meta.get("sha256")):
+        if _holds(item, meta.get("sha256")):
             self._done(item)
         return item
 
@@ -138,11 +138,9 @@ class StoredReader:
         """Already in the target with this content: left alone, but for a product link that
         changed in the source since (a catalog import)."""
         item.status, item.media = "unchanged", None
-        want = item.product
         for rid, meta in item.existing:
-            rest = {k: v for k, v in meta.items() if not (k in PRODUCT_FIELDS or k.startswith(ATTR_PREFIX))}
-            if product_of(meta) != want:
-                item.rewrites.append(Record(rid, np.empty(0), {**rest, **want}))
+            if product_of(meta) != item.product:
+                item.rewrites.append(Record(rid, np.empty(0), {**strip_product_fields(meta), **item.product}))
 
     def read(self, item: WorkItem) -> bytes:
         scheme = registry.scheme_of(item.ref.uri)
@@ -153,7 +151,7 @@ class StoredReader:
     def judge(self, item: WorkItem) -> None:
         assert item.media is not None
         sha = item.media.sha256
-        if any(m.get("sha256") == sha for _, m in item.existing):
+        if _holds(item, sha):
             self._done(item)  # changed at the source, but an earlier run already embedded it
         elif sha != item.earlier[0].get("sha256"):
             # No fingerprint on its new records, so the next `toolkit tag` looks at it again
@@ -183,8 +181,9 @@ def _group(store: "VectorStore", ids: list[str]) -> dict[str, list[Record]]:
     return out
 
 
-def _holds(existing: list[Record], sha: str | None) -> bool:
-    return bool(sha) and any(r.metadata.get("sha256") == sha for r in existing)
+def _holds(item: WorkItem, sha: str | None) -> bool:
+    """Whether the target already holds the item with this content."""
+    return bool(sha) and any(meta.get("sha256") == sha for _, meta in item.existing)
 
 
 def sync_products(source: "VectorStore | None", target: "VectorStore", embedder: "Embedder",
