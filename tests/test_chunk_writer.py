@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from toolkit.ingest.pipeline import ChunkWriter
+from toolkit.ingest.writer import ChunkWriter
 
 
 def test_jobs_are_written_in_order_and_all_before_close_returns():

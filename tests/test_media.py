@@ -85,3 +85,58 @@ def test_max_frames_caps_a_long_video():
     media = decode(ref("long.mp4"), write_mp4(colours=((90, 90, 90),), seconds_each=10.0),
                    video_interval=0.5, max_frames=5)
     assert len(media.frames) == 5
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares a width and height (and holds no real pixels): enough for Pillow to
+    size it up without allocating the picture."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"\x00") + chunk(b"IEND", b"")
+
+
+def test_a_text_file_given_as_an_image_says_so_plainly():
+    from toolkit.media.decode import decode_image
+
+    with pytest.raises(MediaError) as exc:
+        decode_image(b"not a photo, just some notes\n", name="photo.txt")
+    assert str(exc.value) == ("photo.txt: not an image the toolkit can read (JPEG, PNG, WebP, GIF, BMP or TIFF); "
+                              "convert it to JPEG or PNG, or remove it")
+
+
+def test_an_image_format_pillow_cannot_read_is_named_with_the_fix():
+    """HEIC is sniffed as an image, but Pillow has no reader for it here."""
+    with pytest.raises(MediaError) as exc:
+        decode(ref("holiday.heic"), b"\x00\x00\x00\x18ftypheic" + b"\x00" * 200)
+    message = str(exc.value)
+    assert message.startswith("file:///src/holiday.heic: not an image the toolkit can read")
+    assert "convert it to JPEG or PNG" in message and "BytesIO" not in message
+
+
+def test_an_image_over_the_setting_names_its_size_the_limit_and_the_setting():
+    """100 megapixels: over TOOLKIT_MAX_IMAGE_PIXELS (50 by default), and over Pillow's own
+    89-megapixel warning, which used to answer first with "re-export it as JPEG or PNG"."""
+    with pytest.raises(MediaError) as exc:
+        decode(ref("big.png"), png_header(10_000, 10_000))
+    assert str(exc.value) == ("file:///src/big.png: 100 megapixels (10000x10000) is over the limit of 50 megapixels; "
+                              "raise TOOLKIT_MAX_IMAGE_PIXELS (now 50000000) or downscale it")
+
+
+def test_a_decompression_bomb_names_its_size_and_the_library_limit():
+    with pytest.raises(MediaError) as exc:
+        decode(ref("bomb.png"), png_header(14_142, 14_142), max_pixels=400_000_000)
+    assert str(exc.value) == ("file:///src/bomb.png: 200 megapixels is over the image library's limit of "
+                              "179 megapixels (its guard against decompression bombs, which "
+                              "TOOLKIT_MAX_IMAGE_PIXELS cannot raise); downscale it")
+
+
+def test_a_corrupt_image_does_not_name_python_s_buffer(shared_data):
+    jpg = (shared_data / "images" / "10000.jpg").read_bytes()
+    with pytest.raises(MediaError) as exc:
+        decode(ref("broken.jpg"), jpg[:200])
+    assert "BytesIO" not in str(exc.value) and str(exc.value).startswith("file:///src/broken.jpg: ")

@@ -162,3 +162,37 @@ def test_items_a_tagger_gave_no_label_are_not_tagged_again(source, tmp_path):
     second = tk.tag(str(source), tagger="local")
     assert (second.new, second.updated, second.unchanged) == (0, 0, PHOTOS + 1)
     assert tk.embedder.images_embedded == embedded
+
+
+def test_retagging_keeps_the_frame_tags_of_taggers_not_run_now(tmp_path):
+    """`tag --retag --tagger local` on a video a cloud had tagged frame by frame: the cloud's
+    media and frame tags are kept (the one merge step tag and reindex share carries both)."""
+    import json
+
+    import numpy as np
+
+    from store.base import Record
+    from toolkit.ground.models import Tag
+    from toolkit.ground.settings import load_settings
+    from toolkit.records import stored_frame_tags, tag_to_dict
+
+    (tmp_path / "media").mkdir()
+    write_mp4(tmp_path / "media" / "lookbook.mp4", seconds_each=2.0)
+    tk = Toolkit(load_settings(data_dir=tmp_path / "data"), embedder=ColourEmbedder())
+    assert tk.tag(str(tmp_path / "media"), tagger="local").new == 1
+    cloud = {}
+    for rec in tk.store.get():
+        frame = rec.metadata["frame"]
+        cloud[frame] = Tag(group="scene", label=f"shot {frame}", confidence=0.9, provider="gcp", start=float(frame))
+        meta = {**rec.metadata, "providers": ["gcp", "local"],
+                "frame_tags_json": json.dumps([tag_to_dict(cloud[frame])])}
+        tk.store.replace_metadata([Record(rec.id, np.empty(0), meta)])
+
+    changed = Toolkit(load_settings(data_dir=tmp_path / "data", tag_threshold=0.2), embedder=ColourEmbedder())
+    assert changed.tag(str(tmp_path / "media"), tagger="local", retag=True).retagged == 1
+    records = changed.store.get()
+    assert len(records) == len(cloud) == 3
+    for rec in records:
+        assert rec.metadata["providers"] == ["gcp", "local"]
+        kept = [t for t in stored_frame_tags(rec.metadata) if t.provider == "gcp"]
+        assert kept == [cloud[rec.metadata["frame"]]]

@@ -22,7 +22,7 @@ from store.base import Record
 from tests.helpers import ColourEmbedder, copy_photos, read_styles, write_mp4, write_products_csv
 from tests.test_cli import run
 from toolkit import Toolkit, registry
-from toolkit import reindex as reindex_mod
+from toolkit.ingest import reindex as reindex_mod
 from toolkit.ground.errors import ConfigError, ModelMismatchError, StoreError
 from toolkit.media.decode import decode
 from toolkit.ground.models import MediaRef, Tag
@@ -356,7 +356,7 @@ def test_a_running_search_service_follows_a_switch_made_elsewhere(tagged, settin
     import httpx
 
     from tests.service_helpers import running_server
-    from toolkit import current
+    from toolkit.faces import current
     from toolkit.faces.api import create_app
 
     monkeypatch.setattr(current, "CHECK_EVERY", 0.0)  # re-read the pointer (in the background) on every request

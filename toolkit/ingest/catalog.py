@@ -21,7 +21,7 @@ from toolkit.ground.models import MediaRef, Product
 from toolkit.records import product_fields, with_product
 
 if TYPE_CHECKING:
-    from store.chroma import ChromaStore
+    from store.base import VectorStore
     from taggers.base import Embedder
 
 ALIASES = {
@@ -121,11 +121,11 @@ def product_from_meta(meta: dict) -> Product:
                    url=meta.get("url"), media=list(meta.get("media", [])), attributes=attrs)
 
 
-def load_products(products: "ChromaStore") -> ProductIndex:
+def load_products(products: "VectorStore") -> ProductIndex:
     return ProductIndex(product_from_meta(m) for _, m in products.iter_metadata())
 
 
-def import_products(rows: list[Product], embedder: "Embedder", products: "ChromaStore", media: "ChromaStore",
+def import_products(rows: list[Product], embedder: "Embedder", products: "VectorStore", media: "VectorStore",
                     batch: int = 512) -> ImportReport:
     report = ImportReport()
     seen: dict[str, Product] = {}
@@ -149,7 +149,7 @@ def _product_text(p: Product) -> str:
     return p.title or p.product_id
 
 
-def link_media(items: list[Product], media: "ChromaStore", chunk: int = 200) -> int:
+def link_media(items: list[Product], media: "VectorStore", chunk: int = 200) -> int:
     """Copy product fields onto the media records that show each product, and clear stale links."""
     index = ProductIndex(items)
     ids = [p.product_id for p in items]
@@ -177,6 +177,6 @@ def link_media(items: list[Product], media: "ChromaStore", chunk: int = 200) -> 
         if new_meta != meta:
             updates.append(Record(id=rid, embedding=np.empty(0), metadata=new_meta))
     if updates:
-        media.replace_metadata(updates)
+        media.replace_metadata(updates)  # type: ignore[attr-defined]  # not on VectorStore yet
     return len(linked)
 

@@ -18,7 +18,7 @@ from toolkit.ground.models import MediaRef
 from toolkit.records import media_id
 
 if TYPE_CHECKING:
-    from store.chroma import ChromaStore
+    from store.base import VectorStore
     from toolkit.ingest.tagging import TaggerPlan
 
 #: (record id, metadata) for each stored record of one media item.
@@ -39,7 +39,7 @@ def stored_versions(meta: dict) -> dict[str, str]:
 
 
 class Freshness:
-    def __init__(self, store: "ChromaStore", plan: "TaggerPlan", retag: bool = False) -> None:
+    def __init__(self, store: "VectorStore", plan: "TaggerPlan", retag: bool = False) -> None:
         self.store, self.plan, self.retag = store, plan, retag
 
     def lookup(self, refs: Sequence[MediaRef]) -> dict[str, Existing]:

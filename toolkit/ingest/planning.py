@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 from toolkit.ingest.freshness import Existing, Freshness
 from toolkit.media.decode import sniff
 from toolkit.ground.models import Media, MediaRef
-from toolkit.ingest.pipeline import batched
+from toolkit.ingest.readers import batched
 from toolkit.records import media_id
 from toolkit.ground.settings import Settings
 
 if TYPE_CHECKING:
     from connectors.base import Connector
-    from store.chroma import ChromaStore
+    from store.base import VectorStore
     from toolkit.ingest.tagging import TaggerPlan
 
 
@@ -52,7 +52,7 @@ def _video_duration(data: bytes) -> float | None:
         return None
 
 
-def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "ChromaStore",
+def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "VectorStore",
             settings: Settings, retag: bool = False) -> DryRunReport:
     """`retag` as in the run: current items that a changed or unversioned tagger would see
     again count as sent."""

@@ -7,6 +7,11 @@ providers are carried over from the old records, never billed again; the local t
 are recomputed with the new model. Only when every item is in the new collection does
 `TOOLKIT_COLLECTION` point at it; the old collection stays until `toolkit collections drop`.
 
+The items go through the same pipeline as `toolkit tag` (toolkit/ingest/pipeline.py): only
+the reader differs. `StoredReader` lists the old collection's items, reads them again and
+says which are already in the new one; decoding, embedding, merging tags, writing and
+counting are the pipeline's.
+
 Resumable: the new collection is written chunk by chunk, and an item already there with the
 same content is not read or embedded again, so a killed run is continued by the same command.
 Items that cannot be read again (source gone) are named, and the switch waits for them
@@ -16,30 +21,29 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from store import collections as colls
 from store.base import Record
 from toolkit import registry
-from toolkit.ingest.catalog import _product_text, product_from_meta
-from toolkit.ingest.embedding import embed_media
 from toolkit.ground.errors import StoreError
-from toolkit.ingest.freshness import stored_versions, tagger_version
-from toolkit.media.decode import decode
-from toolkit.ground.models import ItemFailure, Media, MediaRef, Tag
-from toolkit.records import (ATTR_PREFIX, PRODUCT_FIELDS, build_records, stored_frame_tags,
-                             stored_media_tags)
+from toolkit.ground.models import ItemFailure, MediaRef, RunReport
 from toolkit.ground.settings import Settings
+from toolkit.ingest.catalog import _product_text, product_from_meta
+from toolkit.ingest.pipeline import Pipeline
+from toolkit.ingest.readers import WorkItem
+from toolkit.records import ATTR_PREFIX, PRODUCT_FIELDS, strip_product_fields
 
 if TYPE_CHECKING:
-    from store.chroma import ChromaStore
-    from taggers.base import Embedder
+    from connectors.base import Connector
+    from store.base import Metadata, VectorStore
+    from taggers.base import Embedder, Tagger
 
-#: Media items per chunk: read, embedded and written together.
+#: Media items per chunk: read, embedded and written together (one store write a chunk, so a
+#: killed run keeps every chunk it finished).
 CHUNK = 32
 #: The tagger whose tags are recomputed; every other provider's are carried over.
 LOCAL = "local"
@@ -75,207 +79,140 @@ class ReindexReport:
     def switched(self) -> bool:
         return self.status == "switched"
 
-
-@dataclass
-class _Item:
-    media_id: str
-    source: list[Record]                     # its records in the source, frame order
-    existing: list[Record]                   # its records in the target
-    media: Media | None = None
-    status: str = "embedded"
-    reason: str | None = None
-
-    @property
-    def meta(self) -> dict:
-        return self.source[0].metadata
-
-    @property
-    def ref(self) -> MediaRef:
-        m = self.meta
-        return MediaRef(uri=m.get("uri", ""), key=m.get("key", ""), fingerprint=m.get("fingerprint"))
+    def add(self, run: RunReport, pipeline: Pipeline) -> None:
+        """The pipeline's counts, in reindex's words."""
+        self.embedded += run.new + run.updated + run.retagged
+        self.done += run.unchanged
+        self.missing += run.skipped + run.failed
+        self.records_written += run.records_written
+        self.carried, self.changed = dict(pipeline.carried), list(pipeline.changed)
 
 
-class Reindexer:
-    def __init__(self, settings: Settings, source: "ChromaStore", source_products: "ChromaStore | None",
-                 target: "ChromaStore", target_products: "ChromaStore", embedder: "Embedder",
-                 report: ReindexReport, on_item: ReindexCallback | None = None,
-                 on_listed: Callable[[int], None] | None = None, io_workers: int = 8) -> None:
-        self.settings, self.embedder, self.report = settings, embedder, report
-        self.source, self.source_products = source, source_products
-        self.target, self.target_products = target, target_products
-        self.on_item = on_item or (lambda ref, status, reason: None)
+def product_of(meta: "Metadata") -> "Metadata":
+    """The product fields of a stored media record."""
+    return {k: v for k, v in meta.items() if k in PRODUCT_FIELDS or k.startswith(ATTR_PREFIX)}
+
+
+class StoredReader:
+    """The media items recorded in `source`, read again through their connectors and judged
+    against what `target` (the collection being built) already holds."""
+
+    names = {"new": "embedded", "updated": "embedded", "retagged": "embedded", "unchanged": "done",
+             "skipped": "missing", "failed": "missing"}
+
+    def __init__(self, settings: Settings, source: "VectorStore", target: "VectorStore", embedder: "Embedder",
+                 on_listed: Callable[[int], None] | None = None) -> None:
+        self.settings, self.source, self.target, self.embedder = settings, source, target, embedder
         self.on_listed = on_listed or (lambda n: None)
-        self.io_workers = io_workers
-        self._connectors: dict[str, object] = {}
-        self._local = None
+        #: Every media id of the source, once listed (what the target may keep).
+        self.media_ids: list[str] = []
+        self._connectors: dict[str, "Connector"] = {}
+        self._local: "Tagger | None" = None
 
-    def run(self) -> None:
-        self.sync_products()
-        ids = self._media_ids()
-        self.report.media = len(ids)
-        self.on_listed(len(ids))
-        with ThreadPoolExecutor(self.io_workers, thread_name_prefix="toolkit-reindex-io") as pool:
-            for start in range(0, len(ids), CHUNK):
-                self._chunk(ids[start:start + CHUNK], pool)
-        self._remove_gone(set(ids))
+    def chunks(self, size: int) -> Iterator[list[WorkItem]]:
+        self.media_ids = self._list()
+        self.on_listed(len(self.media_ids))
+        for start in range(0, len(self.media_ids), size):
+            ids = self.media_ids[start:start + size]
+            source, existing = _group(self.source, ids), _group(self.target, ids)
+            yield [self._item(source[mid], existing.get(mid, [])) for mid in ids if source.get(mid)]
 
-    # ---- products --------------------------------------------------------------------------
-
-    def sync_products(self) -> None:
-        """The catalog in the new products collection, titles embedded by the new text tower
-        (a product already there with the same title keeps its vector)."""
-        rows = self.source_products.get() if self.source_products is not None else []
-        have = {r.id: r for r in self.target_products.get(ids=[r.id for r in rows])} if rows else {}
-        todo = [r for r in rows if r.id not in have or have[r.id].document != r.document]
-        same_text = [r for r in rows if r.id in have and have[r.id].document == r.document
-                     and have[r.id].metadata != r.metadata]
-        for start in range(0, len(todo), 256):
-            chunk = todo[start:start + 256]
-            vecs = self.embedder.embed_texts([_product_text(product_from_meta(r.metadata)) for r in chunk])
-            self.target_products.upsert([Record(r.id, v, r.metadata, r.document) for r, v in zip(chunk, vecs)])
-        if same_text:
-            self.target_products.replace_metadata(same_text)
-        gone = {i for i, _ in self.target_products.iter_metadata()} - {r.id for r in rows}
-        if gone:
-            self.target_products.delete(sorted(gone))
-        self.report.products, self.report.products_embedded = len(rows), len(todo)
-
-    # ---- media -----------------------------------------------------------------------------
-
-    def _media_ids(self) -> list[str]:
+    def _list(self) -> list[str]:
         """Each media item once, in the source's stored order."""
         seen: dict[str, None] = {}
         for rid, meta in self.source.iter_metadata():
             seen.setdefault(meta.get("media_id") or rid, None)
         return list(seen)
 
-    def _group(self, store: "ChromaStore", ids: list[str]) -> dict[str, list[Record]]:
-        out: dict[str, list[Record]] = defaultdict(list)
-        for r in store.get(where={"media_id": {"$in": ids}}):
-            out[r.metadata.get("media_id", "")].append(r)
-        for recs in out.values():
-            recs.sort(key=lambda r: r.metadata.get("frame", 0))
-        return out
+    def _item(self, source: list[Record], existing: list[Record]) -> WorkItem:
+        meta = source[0].metadata
+        item = WorkItem(ref=MediaRef(uri=meta.get("uri", ""), key=meta.get("key", ""),
+                                     fingerprint=meta.get("fingerprint")),
+                        existing=[(r.id, r.metadata) for r in existing], earlier=[r.metadata for r in source],
+                        product=product_of(meta), status="updated" if existing else "new")
+        if _holds(item, meta.get("sha256")):
+            self._done(item)
+        return item
 
-    def _chunk(self, ids: list[str], pool: ThreadPoolExecutor) -> None:
-        source, existing = self._group(self.source, ids), self._group(self.target, ids)
-        items = [_Item(mid, source[mid], existing.get(mid, [])) for mid in ids if source.get(mid)]
-        for it in items:
-            if self._has(it, it.meta.get("sha256")):
-                it.status = "done"
-        list(pool.map(self._read, [it for it in items if it.status == "embedded"]))
-        ready = [it for it in items if it.status == "embedded"]
-        embed_media(self.embedder, [it.media for it in ready], self.settings.batch_size)
-        local = self._local_tags([it for it in ready if LOCAL in it.meta.get("providers", [])])
-        records, stale, product_fixes = [], [], []
-        for it in items:
-            if it.status == "embedded":
-                built = self._records(it, local.get(it.ref.uri))
-                if built:
-                    records.extend(built)
-                    keep = {r.id for r in built}
-                    stale.extend(r.id for r in it.existing if r.id not in keep)
-            elif it.status == "done":
-                product_fixes.extend(self._product_fixes(it))
-        if records:
-            self.target.upsert(records)
-            self.report.records_written += len(records)
-        if stale:
-            self.target.delete(stale)
-        if product_fixes:
-            self.target.replace_metadata(product_fixes)
-        for it in items:
-            self._count(it)
+    def _done(self, item: WorkItem) -> None:
+        """Already in the target with this content: left alone, but for a product link that
+        changed in the source since (a catalog import)."""
+        item.status, item.media = "unchanged", None
+        for rid, meta in item.existing:
+            if product_of(meta) != item.product:
+                item.rewrites.append(Record(rid, np.empty(0), {**strip_product_fields(meta), **item.product}))
 
-    def _has(self, it: _Item, sha: str | None) -> bool:
-        return bool(sha) and any(r.metadata.get("sha256") == sha for r in it.existing)
-
-    def _read(self, it: _Item) -> None:
-        s, ref = self.settings, it.ref
-        try:
-            data = self._connector(ref.uri).read(ref)
-            media = decode(ref, data, max_pixels=s.max_image_pixels, video_interval=s.video_interval,
-                           scene_threshold=s.video_scene_threshold, max_frames=s.video_max_frames)
-        except Exception as exc:  # one missing item must not end the run; it is reported by name
-            it.status, it.reason = "missing", str(exc) if str(exc).startswith(ref.uri) else \
-                f"{ref.uri}: {type(exc).__name__}: {exc}"
-            return
-        if self._has(it, media.sha256):  # changed at the source, but an earlier run already embedded it
-            it.status = "done"
-            return
-        it.media = media
-
-    def _connector(self, uri: str):
-        scheme = registry.scheme_of(uri)
+    def read(self, item: WorkItem) -> bytes:
+        scheme = registry.scheme_of(item.ref.uri)
         if scheme not in self._connectors:
-            self._connectors[scheme] = registry.connector_for(uri, self.settings)
-        return self._connectors[scheme]
+            self._connectors[scheme] = registry.connector_for(item.ref.uri, self.settings)
+        return self._connectors[scheme].read(item.ref)
 
-    def _local_tags(self, items: list[_Item]) -> dict[str, object]:
-        if not items:
-            return {}
+    def judge(self, item: WorkItem) -> None:
+        assert item.media is not None
+        sha = item.media.sha256
+        if _holds(item, sha):
+            self._done(item)  # changed at the source, but an earlier run already embedded it
+        elif sha != item.earlier[0].get("sha256"):
+            # No fingerprint on its new records, so the next `toolkit tag` looks at it again
+            # with its own taggers (the cloud tags were of other content and are not carried).
+            item.changed = True
+            item.media = replace(item.media, ref=MediaRef(item.ref.uri, item.ref.key))
+
+    def taggers(self, item: WorkItem) -> Sequence["Tagger"]:
+        """The local tagger, for items it had tagged (its tags come from the new model)."""
+        if LOCAL not in item.earlier[0].get("providers", []):
+            return []
         if self._local is None:
             self._local = registry.tagger(LOCAL, self.settings, self.embedder)
-        return {res.ref.uri: res for res in self._local.tag([it.media for it in items])}
+        return [self._local]
 
-    def _records(self, it: _Item, local) -> list[Record]:
-        """The item's new records: new vectors, local tags from the new model, cloud tags and
-        product fields carried from the source records (cloud tags only for the same content)."""
-        media, meta = it.media, it.meta
-        same = media.sha256 == meta.get("sha256")
-        if local is not None and local.error:
-            it.status, it.reason = "missing", f"{it.ref.uri}: {LOCAL} tagger: {local.error}"
-            return []
-        if not same:  # no fingerprint: the next `toolkit tag` looks at it again
-            media = replace(media, ref=MediaRef(it.ref.uri, it.ref.key))
-            self.report.changed.append(it.ref.uri)
-        media_tags: list[Tag] = list(local.tags) if local is not None else []
-        frame_tags: dict[int, list[Tag]] = {i: list(t) for i, t in (local.frame_tags if local else {}).items()}
-        providers = {LOCAL} if local is not None else set()
-        versions = {LOCAL: v} if local is not None and (v := tagger_version(self._local)) else {}
-        if same:
-            carried = [t for t in stored_media_tags(meta) if t.provider != LOCAL]
-            media_tags.extend(carried)
-            for i, rec in enumerate(it.source):
-                frame_tags.setdefault(i, []).extend(t for t in stored_frame_tags(rec.metadata)
-                                                    if t.provider != LOCAL)
-            cloud = set(meta.get("providers", [])) - {LOCAL}
-            providers |= cloud
-            versions |= {k: v for k, v in stored_versions(meta).items() if k in cloud}
-            for name in cloud:
-                self.report.carried[name] = self.report.carried.get(name, 0) + 1
-        records = build_records(media, media_tags, frame_tags, None, providers=providers, versions=versions)
-        product = {k: v for k, v in meta.items() if k in PRODUCT_FIELDS or k.startswith(ATTR_PREFIX)}
-        for r in records:
-            r.metadata.update(product)
-        it.media = None  # the pixels are no longer needed
-        return records
+    def planned(self) -> Iterable["Tagger"]:
+        return [self._local] if self._local is not None else []
 
-    def _product_fixes(self, it: _Item) -> list[Record]:
-        """A done item whose product link changed in the source since (a catalog import)."""
-        want = {k: v for k, v in it.meta.items() if k in PRODUCT_FIELDS or k.startswith(ATTR_PREFIX)}
-        fixes = []
-        for r in it.existing:
-            have = {k: v for k, v in r.metadata.items() if k in PRODUCT_FIELDS or k.startswith(ATTR_PREFIX)}
-            if have != want:
-                rest = {k: v for k, v in r.metadata.items() if k not in have}
-                fixes.append(Record(r.id, np.empty(0), {**rest, **want}))
-        return fixes
 
-    def _remove_gone(self, ids: set[str]) -> None:
-        gone = [(rid, meta) for rid, meta in self.target.iter_metadata() if meta.get("media_id") not in ids]
-        if gone:
-            self.target.delete([rid for rid, _ in gone])
-            self.report.removed = len({meta.get("media_id") for _, meta in gone})
+def _group(store: "VectorStore", ids: list[str]) -> dict[str, list[Record]]:
+    """media id -> its records in `store`, in frame order."""
+    out: dict[str, list[Record]] = defaultdict(list)
+    for r in store.get(where={"media_id": {"$in": ids}}):
+        out[r.metadata.get("media_id", "")].append(r)
+    for recs in out.values():
+        recs.sort(key=lambda r: r.metadata.get("frame", 0))
+    return out
 
-    def _count(self, it: _Item) -> None:
-        if it.status == "embedded":
-            self.report.embedded += 1
-        elif it.status == "done":
-            self.report.done += 1
-        else:
-            self.report.missing.append(ItemFailure(it.ref.uri, it.reason or "could not be read again"))
-        self.on_item(it.ref, it.status, it.reason)
+
+def _holds(item: WorkItem, sha: str | None) -> bool:
+    """Whether the target already holds the item with this content."""
+    return bool(sha) and any(meta.get("sha256") == sha for _, meta in item.existing)
+
+
+def sync_products(source: "VectorStore | None", target: "VectorStore", embedder: "Embedder",
+                  report: ReindexReport) -> None:
+    """The catalog in the new products collection, titles embedded by the new text tower
+    (a product already there with the same title keeps its vector)."""
+    rows = source.get() if source is not None else []
+    have = {r.id: r for r in target.get(ids=[r.id for r in rows])} if rows else {}
+    todo = [r for r in rows if r.id not in have or have[r.id].document != r.document]
+    same_text = [r for r in rows if r.id in have and have[r.id].document == r.document
+                 and have[r.id].metadata != r.metadata]
+    for start in range(0, len(todo), 256):
+        chunk = todo[start:start + 256]
+        vecs = embedder.embed_texts([_product_text(product_from_meta(r.metadata)) for r in chunk])
+        target.upsert([Record(r.id, v, r.metadata, r.document) for r, v in zip(chunk, vecs)])
+    if same_text:
+        target.replace_metadata(same_text)  # type: ignore[attr-defined]  # not on VectorStore yet
+    gone = {i for i, _ in target.iter_metadata()} - {r.id for r in rows}
+    if gone:
+        target.delete(sorted(gone))
+    report.products, report.products_embedded = len(rows), len(todo)
+
+
+def remove_gone(target: "VectorStore", ids: set[str], report: ReindexReport) -> None:
+    """Drop the target's items that the source no longer has (a rerun after `tag` removed some)."""
+    gone = [(rid, meta) for rid, meta in target.iter_metadata() if meta.get("media_id") not in ids]
+    if gone:
+        target.delete([rid for rid, _ in gone])
+        report.removed = len({meta.get("media_id") for _, meta in gone})
 
 
 def reindex(settings: Settings, name: str, source: str, new_settings: Settings, *,
@@ -285,12 +222,11 @@ def reindex(settings: Settings, name: str, source: str, new_settings: Settings, 
     """Rebuild collection `source` (what `name` points at) with the model `new_settings` pick,
     into `name--<model id>`; point `name` at it when every item is there (or `skip_missing`).
     `source_model`: the model settings that built `source`, recorded for `collections use`."""
-    from store.chroma import ChromaStore
-
     started = time.perf_counter()
-    if not colls.exists(settings, source):
+    old = registry.stored(settings, source)
+    if old is None:
         raise StoreError(f"nothing to re-index: there is no collection '{source}' yet; `toolkit tag SOURCE` makes it")
-    old_id, old_dim = colls.built_by(settings, source)
+    old_id = colls.built_by(settings, source)[0]
     embedder = embedder or registry.embedder(new_settings)
     report = ReindexReport(source=source, target=source, model_id=embedder.model_id,
                            previous_model_id=old_id or "unknown")
@@ -302,18 +238,8 @@ def reindex(settings: Settings, name: str, source: str, new_settings: Settings, 
         colls.save_record(settings, source, model=source_model)
     target = report.target = colls.target_name(settings, name, embedder.model_id)
     colls.save_record(settings, target, model=registry.model_spec(new_settings), complete=False,
-                            source=source, alias=name)
-    products = colls.products_name(source)
-    Reindexer(
-        settings,
-        source=ChromaStore.open(settings, source, model_id=old_id, dim=old_dim, create=False),
-        source_products=(ChromaStore.open(settings, products, model_id=old_id, dim=old_dim, create=False)
-                         if colls.exists(settings, products) else None),
-        target=ChromaStore.open(settings, target, model_id=embedder.model_id, dim=embedder.dim),
-        target_products=ChromaStore.open(settings, colls.products_name(target),
-                                         model_id=embedder.model_id, dim=embedder.dim),
-        embedder=embedder, report=report, on_item=on_item, on_listed=on_listed,
-    ).run()
+                      source=source, alias=name)
+    _rebuild(settings, old, target, embedder, report, on_item, on_listed)
     if report.missing and not skip_missing:
         report.status = "incomplete"
     else:
@@ -321,3 +247,18 @@ def reindex(settings: Settings, name: str, source: str, new_settings: Settings, 
         colls.point(settings, name, target)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _rebuild(settings: Settings, old: "VectorStore", target: str, embedder: "Embedder", report: ReindexReport,
+             on_item: ReindexCallback | None, on_listed: Callable[[int], None] | None) -> None:
+    """Products first, then every media item through the pipeline, then the items gone from the source."""
+    new = registry.store(settings, embedder, collection=target)
+    sync_products(registry.stored(settings, colls.products_name(report.source)),
+                  registry.store(settings, embedder, collection=colls.products_name(target)), embedder, report)
+    reader = StoredReader(settings, old, new, embedder, on_listed=on_listed)
+    # One store write a chunk (write_batch=1), as a killed run keeps whole chunks.
+    pipeline = Pipeline(embedder=embedder, store=new, settings=settings, on_item=on_item,
+                        chunk_size=CHUNK, write_batch=1)
+    report.add(pipeline.run_reader(reader, RunReport(source=report.source)), pipeline)
+    report.media = len(reader.media_ids)
+    remove_gone(new, set(reader.media_ids), report)

@@ -1,23 +1,25 @@
-"""Decide what a blob of bytes is, and decode it into frames.
+"""Decide what a blob of bytes is, and decode it into frames (videos through toolkit/media/video.py).
 
 The kind comes from the bytes' signature, never the file name: a text file named
-`.jpg` is not an image, and an `.mp4` renamed `.bin` is still a video.
+`.jpg` is not an image, and an `.mp4` renamed `.bin` is still a video. Whatever cannot be
+used raises MediaError naming the file, why in plain words, and what to do about it.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from toolkit.ground.errors import MediaError
 from toolkit.ground.models import Frame, Media, MediaRef
+from toolkit.media.video import sample_frames
 
 # Truncated JPEGs must fail, not come back half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -111,6 +113,10 @@ def set_decode_budget(pixels: int) -> None:
     DECODES.capacity = pixels
 
 
+#: The still formats Pillow reads here, as users know them.
+READABLE = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+
 def decode_image(data: bytes, max_pixels: int = 50_000_000, name: str = "image",
                  max_side: int | None = None) -> Image.Image:
     """Decode bytes into an RGB image, or raise MediaError saying why not. With `max_side`,
@@ -120,33 +126,66 @@ def decode_image(data: bytes, max_pixels: int = 50_000_000, name: str = "image",
         raise MediaError(f"{name}: empty file (0 bytes); re-upload it or remove it from the source")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # `max_pixels` (TOOLKIT_MAX_IMAGE_PIXELS) is the limit, checked below with the real
+            # size: Pillow's own warning at 89 megapixels would overrule a raised setting.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            if img.width * img.height > max_pixels:
-                raise MediaError(
-                    f"{name}: image is too large ({img.width}x{img.height}); "
-                    f"raise TOOLKIT_MAX_IMAGE_PIXELS (now {max_pixels}) to accept it")
+            _check_size(img, max_pixels, name)
             with DECODES.hold(img.width * img.height):
-                if max_side is not None and max(img.size) > 2 * max_side:
-                    img.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2 to 1/8 scale
-                img.load()
-                if getattr(img, "n_frames", 1) > 1:
-                    img.seek(0)
-                img = _flatten(img)
-                if max_side is not None and max(img.size) > max_side:
-                    img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-                return img
+                return _load(img, max_side)
     except MediaError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
+        raise MediaError(_bomb_message(name, exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise MediaError(f"{name}: not an image the toolkit can read ({READABLE}); "
+                         "convert it to JPEG or PNG, or remove it") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise MediaError(f"{name}: corrupt or unsupported image ({_short(exc)}); "
                          "re-export it as JPEG or PNG") from exc
 
 
+def _load(img: Image.Image, max_side: int | None) -> Image.Image:
+    if max_side is not None and max(img.size) > 2 * max_side:
+        img.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2 to 1/8 scale
+    img.load()
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    img = _flatten(img)
+    if max_side is not None and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return img
+
+
+def _check_size(img: Image.Image, max_pixels: int, name: str) -> None:
+    pixels = img.width * img.height
+    if pixels > max_pixels:
+        raise MediaError(f"{name}: {_pixels(pixels)} ({img.width}x{img.height}) is over the limit of "
+                         f"{_pixels(max_pixels)}; raise TOOLKIT_MAX_IMAGE_PIXELS (now {max_pixels}) or downscale it")
+
+
+def _bomb_message(name: str, exc: BaseException) -> str:
+    """Pillow refuses outright what is over twice its MAX_IMAGE_PIXELS, whatever our setting says."""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = _pixels(int(found.group(1))) if found else "more pixels than that"
+    return (f"{name}: {size} is over the image library's limit of {_pixels(limit)} (its guard against "
+            f"decompression bombs, which TOOLKIT_MAX_IMAGE_PIXELS cannot raise); downscale it")
+
+
+def _pixels(n: int) -> str:
+    """A pixel count as people say it: "200 megapixels", "1.5 megapixels", "640 pixels"."""
+    if n >= 10_000_000:
+        return f"{n / 1e6:.0f} megapixels"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} megapixels"
+    return f"{n:,} pixels"
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    # Pillow names the in-memory buffer (`<_io.BytesIO object at 0x7f...>`): no use to anyone.
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def decode(ref: MediaRef, data: bytes, *, max_pixels: int = 50_000_000,
@@ -164,14 +203,8 @@ def decode(ref: MediaRef, data: bytes, *, max_pixels: int = 50_000_000,
         image = decode_image(data, max_pixels, name=ref.uri)
         return Media(ref=ref, data=data, kind="image", sha256=sha, mime=sniffed.mime,
                      frames=[Frame(image=image)])
-    from toolkit.media.video import sample_frames
-
     frames, duration = sample_frames(data, name=ref.uri, interval=video_interval,
                                      scene_threshold=scene_threshold, max_frames=max_frames)
     return Media(ref=ref, data=data, kind="video", sha256=sha, mime=sniffed.mime,
                  frames=frames, duration=duration)
 
-
-def thumbnail_signature(img: Image.Image) -> np.ndarray:
-    """A tiny grey thumbnail: cheap to compare between video frames."""
-    return np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from PIL import Image
 
 from toolkit.ground.errors import MediaError
 from toolkit.ground.models import Frame
@@ -19,8 +20,6 @@ def sample_frames(data: bytes, *, name: str, interval: float = 2.0, scene_thresh
     flood the index.
     """
     import av
-
-    from toolkit.media.decode import thumbnail_signature
 
     try:
         container = av.open(io.BytesIO(data), mode="r")
@@ -56,6 +55,11 @@ def sample_frames(data: bytes, *, name: str, interval: float = 2.0, scene_thresh
         if not frames:
             raise MediaError(f"{name}: no decodable frames; re-encode it as H.264 MP4")
         return frames, duration
+
+
+def thumbnail_signature(img: Image.Image) -> np.ndarray:
+    """A tiny grey thumbnail: cheap to compare between video frames."""
+    return np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
 def _duration(container, stream) -> float | None:
