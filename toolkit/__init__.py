@@ -25,7 +25,7 @@ _HOMES = {
     "Hit": "toolkit.ground.models", "RunReport": "toolkit.ground.models", "Tag": "toolkit.ground.models",
     "Settings": "toolkit.ground.settings", "load_settings": "toolkit.ground.settings",
 }
-__all__ = list(_HOMES)
+__all__ = ["Toolkit", "Stats", "ToolkitError", "Hit", "RunReport", "Tag", "Settings", "load_settings"]
 __version__ = "0.1.0"
 
 

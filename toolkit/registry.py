@@ -143,12 +143,14 @@ def stored(settings: Settings, name: str) -> "VectorStore | None":
     """Collection `name` as it is, opened with the model that built it (whatever the model in
     use), or None when the store has no such collection: what `toolkit reindex` reads from."""
     from store import collections
-    from store.chroma import ChromaStore
+    from store.filter_index import Filterable
+    from toolkit.records import INDEXED_KEYS, INDEXED_PREFIXES
 
     if not collections.exists(settings, name):
         return None
     model_id, dim = collections.built_by(settings, name)
-    return ChromaStore.open(settings, name, model_id=model_id, dim=dim, create=False)  # type: ignore[arg-type]
+    return store_backend(settings).open(name, model_id=model_id, dim=dim, create=False,  # type: ignore[arg-type]
+                                        filterable=Filterable(frozenset(INDEXED_KEYS), INDEXED_PREFIXES))
 
 
 def _local_tagger(settings: Settings, embedder: "Embedder") -> "Tagger":

@@ -177,6 +177,6 @@ def link_media(items: list[Product], media: "VectorStore", chunk: int = 200) -> 
         if new_meta != meta:
             updates.append(Record(id=rid, embedding=np.empty(0), metadata=new_meta))
     if updates:
-        media.replace_metadata(updates)  # type: ignore[attr-defined]  # not on VectorStore yet
+        media.replace_metadata(updates)
     return len(linked)
 

@@ -5,6 +5,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from taggers.base import wants_features
+
 if TYPE_CHECKING:
     from taggers.base import Embedder
     from toolkit.ground.models import Media
@@ -19,7 +21,7 @@ def embed_media(embedder: "Embedder", medias: Sequence["Media"], batch_size: int
     batches = [frames[i:i + batch_size] for i in range(0, len(frames), batch_size)]
     feats = None
     if wants_features(embedder):
-        pairs = [embedder.embed_images_with_features(b) for b in batches]  # type: ignore[attr-defined]
+        pairs = [embedder.embed_images_with_features(b) for b in batches]  # type: ignore[union-attr]
         vecs, feats = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
     else:
         vecs = np.concatenate([embedder.embed_images(b) for b in batches])
@@ -29,10 +31,3 @@ def embed_media(embedder: "Embedder", medias: Sequence["Media"], batch_size: int
         if feats is not None:
             m.features = feats[pos:pos + len(m.frames)]
         pos += len(m.frames)
-
-
-def wants_features(embedder: "Embedder") -> bool:
-    """Whether the embedder gives image features and has classifiers that read them."""
-    tag_heads = getattr(embedder, "tag_heads", None)
-    return callable(getattr(embedder, "embed_images_with_features", None)) and callable(tag_heads) \
-        and tag_heads() is not None

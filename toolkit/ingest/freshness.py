@@ -18,6 +18,7 @@ from toolkit.ground.models import MediaRef
 from toolkit.records import media_id
 
 if TYPE_CHECKING:
+    from taggers.base import Tagger
     from store.base import VectorStore
     from toolkit.ingest.tagging import TaggerPlan
 
@@ -25,9 +26,8 @@ if TYPE_CHECKING:
 Existing = list[tuple[str, dict]]
 
 
-def tagger_version(tagger: object) -> str | None:
-    version = getattr(tagger, "version", None)
-    return version if isinstance(version, str) and version else None
+def tagger_version(tagger: "Tagger") -> str | None:
+    return tagger.version or None
 
 
 def stored_versions(meta: dict) -> dict[str, str]:

@@ -220,7 +220,7 @@ class Pipeline:
         if patches:
             self.store.update_metadata([rid for rid, _ in patches], [meta for _, meta in patches])
         if rewrites:
-            self.store.replace_metadata(rewrites)  # type: ignore[attr-defined]  # not on VectorStore yet
+            self.store.replace_metadata(rewrites)
         for c in chunks:
             for it in c.items:
                 self._count(it, c.report, reader)
@@ -249,7 +249,7 @@ def _tag(ready: list[WorkItem], report: RunReport, after_embedding: bool) -> dic
     for it in ready:
         assert it.media is not None
         for tagger in it.taggers:
-            if bool(getattr(tagger, "needs_embeddings", False)) == after_embedding:
+            if tagger.needs_embeddings == after_embedding:
                 groups.setdefault((it.media.kind, id(tagger)), (tagger, []))[1].append(it.media)
     results: dict[str, Results] = {}
     for tagger, medias in groups.values():
@@ -262,7 +262,7 @@ def _tag(ready: list[WorkItem], report: RunReport, after_embedding: bool) -> dic
 def _service_stats(taggers: Iterable["Tagger"]) -> dict[str, dict]:
     out = {}
     for tagger in {id(t): t for t in taggers}.values():
-        stats, limiter = getattr(tagger, "stats", None), getattr(tagger, "limiter", None)
+        stats, limiter = tagger.stats, tagger.limiter
         if stats is not None:
             out[tagger.name] = {**stats.as_dict(),
                                 "busiest_second": limiter.max_in_window(1.0) if limiter else None}

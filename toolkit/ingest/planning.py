@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from toolkit.ingest.freshness import Existing, Freshness
 from toolkit.media.decode import sniff
+from toolkit.media.video import video_duration
 from toolkit.ground.models import Media, MediaRef
 from toolkit.ingest.readers import batched
 from toolkit.records import media_id
@@ -39,19 +39,6 @@ class DryRunReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _video_duration(data: bytes) -> float | None:
-    import av
-
-    try:
-        with av.open(io.BytesIO(data)) as c:
-            s = c.streams.video[0] if c.streams.video else None
-            if s is not None and s.duration is not None and s.time_base is not None:
-                return float(s.duration * s.time_base)
-            return c.duration / 1_000_000 if c.duration else None
-    except Exception:
-        return None
-
-
 def dry_run(connector: "Connector", uri: str, plan: "TaggerPlan", store: "VectorStore",
             settings: Settings, retag: bool = False) -> DryRunReport:
     """`retag` as in the run: current items that a changed or unversioned tagger would see
@@ -77,13 +64,12 @@ def _plan_item(connector: "Connector", ref: MediaRef, existing: Existing, fresh:
     if _left_alone(fresh.status(ref, existing, hashlib.sha256(data).hexdigest()), report):
         return  # same bytes under a new fingerprint: the run would not send it
     media = Media(ref=ref, data=data, kind=kind, sha256="", mime="",
-                  duration=_video_duration(data) if kind == "video" else None)
+                  duration=video_duration(data) if kind == "video" else None)
     for tagger in plan.get(kind, []):
         line = report.lines.setdefault(tagger.name, TaggerPlanLine(
-            tagger.name, getattr(tagger, "billing_unit", "item"), getattr(tagger, "unit_price_usd", 0.0)))
-        describe = getattr(tagger, "describe", None)
-        line.items.append(describe(media) if describe else f"{tagger.name} {kind} {ref.uri}")
-        line.units += _units(tagger, media)
+            tagger.name, tagger.billing_unit, tagger.unit_price_usd))
+        line.items.append(tagger.describe(media) or f"{tagger.name} {kind} {ref.uri}")
+        line.units += float(tagger.billable_units(media))
         line.cost_usd = round(line.units * line.unit_price_usd, 4)
 
 
@@ -95,9 +81,5 @@ def _left_alone(status: tuple[str, bool], report: DryRunReport) -> bool:
     report.outdated += status[1]
     return True
 
-
-def _units(tagger, media: Media) -> float:
-    billable = getattr(tagger, "billable_units", None)
-    return float(billable(media)) if billable else 1.0
 
 

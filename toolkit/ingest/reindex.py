@@ -200,7 +200,7 @@ def sync_products(source: "VectorStore | None", target: "VectorStore", embedder:
         vecs = embedder.embed_texts([_product_text(product_from_meta(r.metadata)) for r in chunk])
         target.upsert([Record(r.id, v, r.metadata, r.document) for r, v in zip(chunk, vecs)])
     if same_text:
-        target.replace_metadata(same_text)  # type: ignore[attr-defined]  # not on VectorStore yet
+        target.replace_metadata(same_text)
     gone = {i for i, _ in target.iter_metadata()} - {r.id for r in rows}
     if gone:
         target.delete(sorted(gone))

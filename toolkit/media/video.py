@@ -62,6 +62,18 @@ def thumbnail_signature(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
+def video_duration(data: bytes) -> float | None:
+    """A video's length in seconds from its header, without decoding frames (None if unknown)."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0] if container.streams.video else None
+            return _duration(container, stream) if stream is not None else None
+    except Exception:  # an unreadable video: the run names it when it decodes it
+        return None
+
+
 def _duration(container, stream) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
