@@ -150,7 +150,7 @@ class Toolkit:
         first query is as fast as the rest. Returns the collection's record count."""
         count = self.store.count()
         self.store.warm_filter_index()
-        self.embedder.embed_texts(["warm up"])
+        self.prepare_queries()
         return count
 
     def reopened(self) -> "Toolkit":
@@ -187,7 +187,13 @@ class Toolkit:
                             on_item=on_item, on_listed=on_listed, retag=retag, on_media=on_media)
         report = pipeline.run(uri)
         self._note_made_with()
+        self.prepare_queries()
         return report
+
+    def prepare_queries(self) -> None:
+        """Ready the text side for searches now (the offline model exports its text tower once per
+        data directory, about 10 s): a tag run pays it, so the first search is as fast as the rest."""
+        self.embedder.embed_texts(["warm up"])
 
     def _note_made_with(self) -> None:
         """Record on the collection how this machine computed the vectors it wrote (precision, CPU):
