@@ -101,7 +101,11 @@ class FilterIndex:
         self.list_keys: set[str] = set()
         self._token_count: dict[str, int] = {}
         self.skipped: set[str] = set()  # keys with too many distinct values: left to Chroma
-        self._row_tokens: dict[int, tuple[tuple[str, str], ...]] | None = {}
+        #: Each row's tokens, for replacing them on a write. An index built here knows every row's;
+        #: one loaded from disk knows only the rows written since (`_loaded_rows` rows came with it,
+        #: and their tokens are read from the token columns one row at a time, when written).
+        self._row_tokens: dict[int, tuple[tuple[str, str], ...]] = {}
+        self._loaded_rows = 0
         self._partitions: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.RLock()
         #: Where this index stands against the collection (set by store.index_keeper): the write
@@ -125,16 +129,15 @@ class FilterIndex:
             self._row_of = {i: r for r, i in enumerate(self.ids) if i is not None}
         return self._row_of
 
-    @property
-    def row_tokens(self) -> dict[int, tuple[tuple[str, str], ...]]:
-        """Each row's tokens, for replacing them on a write (built from the token columns on first need)."""
-        if self._row_tokens is None:
-            lists: dict[int, list[tuple[str, str]]] = {}
-            for token, mask in self.tokens.items():
-                for row in np.flatnonzero(mask).tolist():
-                    lists.setdefault(row, []).append(token)
-            self._row_tokens = {r: tuple(t) for r, t in lists.items()}
-        return self._row_tokens
+    def tokens_of(self, row: int) -> tuple[tuple[str, str], ...]:
+        """The row's tokens. A loaded index reads an unwritten row's from the token columns (a few
+        µs a token): replaying a short log into a million-row index never maps every row."""
+        known = self._row_tokens.get(row)
+        if known is not None or row >= self._loaded_rows:
+            return known or ()
+        found = tuple(token for token, mask in self.tokens.items() if mask[row])
+        self._row_tokens[row] = found
+        return found
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
@@ -216,8 +219,7 @@ class FilterIndex:
 
     def _set_tokens(self, row: int, lists: dict[str, list], keep: bool = False) -> None:
         """Replace the row's tokens of the keys in `lists` (of every list key unless `keep`)."""
-        row_tokens = self.row_tokens
-        old = row_tokens.get(row, ())
+        old = self.tokens_of(row)
         kept = tuple(t for t in old if keep and t[0] not in lists)
         for token in old:  # only the row's old tokens: scanning all is O(tokens)
             if token not in kept and token in self.tokens:
@@ -231,10 +233,7 @@ class FilterIndex:
                 if self._token_count[token[0]] > MAX_TOKENS:
                     crowded.add(token[0])
             self.tokens[token][row] = True
-        if kept or new:
-            row_tokens[row] = kept + tuple(new)
-        else:
-            row_tokens.pop(row, None)
+        self._row_tokens[row] = kept + tuple(new)
         for key in crowded:
             self._skip_list(key)
 
@@ -244,7 +243,7 @@ class FilterIndex:
         self.list_keys.discard(key)
         self._token_count.pop(key, None)
         self.skipped.add(key)
-        self._row_tokens = None
+        self._row_tokens = {r: tuple(t for t in toks if t[0] != key) for r, toks in self._row_tokens.items()}
 
     # ---- filters -----------------------------------------------------------------------------------
 

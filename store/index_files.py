@@ -262,7 +262,8 @@ def _load_base(folder: Path, filterable: Filterable | None) -> FilterIndex | Non
     for key, _ in index.tokens:
         index._token_count[key] = index._token_count.get(key, 0) + 1
     index._row_of = None
-    index._row_tokens = None
+    index._row_tokens = {}
+    index._loaded_rows = len(index.ids)
     index._alive_count = int(meta["alive"])
     if len(index.ids) != meta["rows"] or not len(index.vecs) == len(index.alive) >= meta["rows"]:
         return None

@@ -125,13 +125,16 @@ function card(hit) {
     moment.textContent = `▶ at ${clock(hit.timestamp)}`;
     moment.hidden = false;
   }
-  node.querySelector(".title").textContent = hit.title || "(no catalog entry)";
+  node.querySelector(".title").textContent = hit.title || `${hit.media_key || "photo"} (no catalog entry)`;
   node.querySelector(".price").textContent = price(hit.price, hit.currency);
   node.querySelector(".score").textContent = `score ${hit.score.toFixed(3)}`;
+  const catalogSays = hit.catalog_tags || {};
   node.querySelector(".tags").replaceChildren(...Object.entries(hit.tags).map(([group, label]) => {
     const li = document.createElement("li");
-    li.textContent = label;
-    li.title = group.replaceAll("_", " ");
+    const said = catalogSays[group];
+    const differs = said && said.toLowerCase() !== label.toLowerCase();
+    li.textContent = differs ? `${label} (catalog: ${said})` : label;
+    li.title = `${group.replaceAll("_", " ")}: ${differs ? "the model's, then the catalog's" : "the model's"}`;
     return li;
   }));
   const buy = node.querySelector(".buy");
