@@ -349,9 +349,7 @@ def run_eval(args, result: dict) -> None:
 
 #: What `tune` tries, on the 8 weeks before those `eval` reports: two-tower settings (changes to TowerOptions),
 #: the two-tower's weight in the blend, and cold start's segment lists (window days, half-life days, prior).
-TOWER_GRID = {"default": {}, "logQ correction": {"log_q": True}, "temperature 0.05": {"temperature": 0.05},
-              "half-life 14 days": {"half_life_days": 14}, "20 epochs": {"epochs": 20},
-              "no image vectors": {"image_components": 0}}
+TOWER_GRID = {"default": {}, "logQ correction": {"log_q": True}, "temperature 0.05": {"temperature": 0.05}}
 TOWER_WEIGHTS = (0.3, 1.0, 3.0)
 SEGMENT_GRID = [(window, half, prior) for window in (30, 90, 365) for half in (7, 30) for prior in (0, 5, 20, 100)]
 

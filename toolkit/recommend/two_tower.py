@@ -4,9 +4,11 @@ what they buy next.
 - Product tower: a small MLP over the store's image vector of the product (projected onto its top
   principal components) and embeddings of its catalog attributes (product type, colour, section, ...).
   It needs no purchases, so a product nobody bought yet gets a vector like any other.
-- Shopper tower: the recency-weighted mean of the product vectors of their history, plus embeddings of
-  their segment (age band, gender: segments.py), through an MLP with a residual; with no history the
-  segment alone speaks (cold start).
+- Shopper tower: the recency-weighted mean of the product tower's inputs over their history, through
+  the product tower's MLP (so a shopper sits among what they bought) plus a second MLP that also reads
+  embeddings of their segment (age band, gender: segments.py); with no history the segment alone
+  speaks (cold start). Pooling the inputs rather than the outputs runs the MLPs once per pair, not once
+  per product of every history: about 20 times less work.
 - Training: (purchases before day d -> a product bought on day d) pairs from the events before `now`,
   in-batch sampled softmax (the other targets of the batch are the negatives), optionally with the
   logQ correction for how often each product is a target. PyTorch on the CPU, seeded.
@@ -50,6 +52,8 @@ class TowerOptions:
     max_values: int = 500
     #: Share of pairs whose history is hidden, so the segment alone learns to speak for new shoppers.
     drop_history: float = 0.1
+    #: Share of pairs whose segment is hidden, so that the history learns to speak without it.
+    drop_segment: float = 0.25
     seed: int = 0
 
 
@@ -58,7 +62,10 @@ class TwoTower:
     """The trained towers as numpy arrays. `item_vectors` rows follow `Interactions.items`."""
 
     item_vectors: np.ndarray
-    layers: list[tuple[np.ndarray, np.ndarray]]  # shopper tower MLP: (weight out x in, bias), ReLU between
+    #: The product tower's input of every product (image components, then the sum of its attribute embeddings).
+    item_inputs: np.ndarray
+    item_layers: list[tuple[np.ndarray, np.ndarray]]  # product tower MLP: (weight out x in, bias), ReLU between
+    layers: list[tuple[np.ndarray, np.ndarray]]  # shopper tower's own MLP
     parts: dict[str, int]  # segment part ("age 25-34", "female") -> row of part_vectors
     part_vectors: np.ndarray
     options: TowerOptions
@@ -68,21 +75,24 @@ class TwoTower:
 
     def user_vector(self, cols: np.ndarray, weights: np.ndarray, segment: str | None) -> np.ndarray:
         """The shopper tower's output for a history (product rows and their recency weights) and a segment."""
-        pooled = _pool(self.item_vectors, cols, weights)
+        pooled = _pool(self.item_inputs, cols, weights)
         rows = [self.parts[p] for p in _segment_parts(segment) if p in self.parts]
         attrs = self.part_vectors[rows].sum(axis=0) if rows else np.zeros(self.part_vectors.shape[1], np.float32)
-        x = np.concatenate([pooled, attrs])
-        for i, (w, b) in enumerate(self.layers):
-            x = x @ w.T + b
-            if i < len(self.layers) - 1:
-                x = np.maximum(x, 0)
-        out = pooled + x
+        out = _mlp(self.item_layers, pooled) + _mlp(self.layers, np.concatenate([pooled, attrs]))
         norm = float(np.linalg.norm(out))
         return out / norm if norm > 0 else out
 
     def scores(self, cols: np.ndarray, weights: np.ndarray, segment: str | None) -> np.ndarray:
         """Cosine of every product's vector to the shopper's."""
         return self.item_vectors @ self.user_vector(cols, weights, segment)
+
+
+def _mlp(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+    for i, (w, b) in enumerate(layers):
+        x = x @ w.T + b
+        if i < len(layers) - 1:
+            x = np.maximum(x, 0)
+    return x
 
 
 def recency(age_days: np.ndarray, half_life_days: float) -> np.ndarray:
@@ -123,12 +133,23 @@ def item_features(data: Interactions, content: np.ndarray | None, item_attribute
 
 
 def _attribute_names(item_attributes: Mapping[str, Mapping[str, str]], max_values: int) -> list[str]:
+    """Attributes with 2 to `max_values` values, one of each set that splits the products the same way
+    (H&M's `colour_group_code` and `colour_group_name`: the first by name is kept)."""
     values: dict[str, set[str]] = {}
     for attrs in item_attributes.values():
         for name, value in attrs.items():
             if value not in (None, ""):
                 values.setdefault(name, set()).add(str(value))
-    return sorted(name for name, seen in values.items() if 1 < len(seen) <= max_values)
+    names = sorted(name for name, seen in values.items() if 1 < len(seen) <= max_values)
+    ids = list(item_attributes)
+    kept, partitions = [], set()
+    for name in names:
+        codes = pd.factorize(pd.Series([str((item_attributes[i] or {}).get(name) or "") for i in ids]))[0]
+        key = codes.tobytes()
+        if key not in partitions:
+            partitions.add(key)
+            kept.append(name)
+    return kept
 
 
 def _principal(content: np.ndarray, k: int) -> np.ndarray:
@@ -217,6 +238,8 @@ def train(data: Interactions, purchases: pd.DataFrame, now, content: np.ndarray 
     generator = torch.Generator().manual_seed(options.seed)
     d, a, hidden = options.dim, options.attribute_dim, options.hidden
 
+    width = image.shape[1] + a
+
     class ItemTower(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -224,19 +247,20 @@ def train(data: Interactions, purchases: pd.DataFrame, now, content: np.ndarray 
             nn.init.normal_(self.attributes.weight, std=1.0 / np.sqrt(max(codes.shape[1], 1)))
             with torch.no_grad():
                 self.attributes.weight[0].zero_()
-            self.mlp = nn.Sequential(nn.Linear(image.shape[1] + a, hidden), nn.ReLU(), nn.Linear(hidden, d))
+            self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, d))
 
-        def forward(self, img: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-            return F.normalize(self.mlp(torch.cat([img, self.attributes(code).sum(1)], dim=1)), dim=-1)
+        def inputs(self, img: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+            return torch.cat([img, self.attributes(code).sum(1)], dim=1)
 
     class UserTower(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.parts = nn.Embedding(len(part_index) + 1, a, padding_idx=0)
-            self.mlp = nn.Sequential(nn.Linear(d + a, hidden), nn.ReLU(), nn.Linear(hidden, d))
+            self.mlp = nn.Sequential(nn.Linear(width + a, hidden), nn.ReLU(), nn.Linear(hidden, d))
 
         def forward(self, pooled: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-            return F.normalize(pooled + self.mlp(torch.cat([pooled, self.parts(part).sum(1)], dim=1)), dim=-1)
+            return F.normalize(items.mlp(pooled) + self.mlp(torch.cat([pooled, self.parts(part).sum(1)], dim=1)),
+                               dim=-1)
 
     items, users = ItemTower(), UserTower()
     optimiser = torch.optim.Adam(list(items.parameters()) + list(users.parameters()), lr=options.lr,
@@ -258,11 +282,13 @@ def train(data: Interactions, purchases: pd.DataFrame, now, content: np.ndarray 
             hist, target, w = hist_t[batch], target_t[batch], weight_t[batch].clone()
             w[torch.rand(len(batch), generator=generator) < options.drop_history] = 0
             rows, inverse = torch.unique(torch.cat([hist.clamp(min=0).reshape(-1), target]), return_inverse=True)
-            vectors = items(image_t[rows], codes_t[rows])
-            hv = vectors[inverse[:hist.numel()]].reshape(*hist.shape, d)
-            tv = vectors[inverse[hist.numel():]]
-            pooled = (w.unsqueeze(-1) * hv).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-9)
-            u = users(pooled, parts_t[batch])
+            x = items.inputs(image_t[rows], codes_t[rows])
+            hx = x[inverse[:hist.numel()]].reshape(*hist.shape, width)
+            tv = F.normalize(items.mlp(x[inverse[hist.numel():]]), dim=-1)
+            pooled = (w.unsqueeze(-1) * hx).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-9)
+            part = parts_t[batch].clone()
+            part[torch.rand(len(batch), generator=generator) < options.drop_segment] = 0
+            u = users(pooled, part)
             logits = u @ tv.T / options.temperature
             if options.log_q:
                 logits = logits - log_q[target].unsqueeze(0)
@@ -275,9 +301,14 @@ def train(data: Interactions, purchases: pd.DataFrame, now, content: np.ndarray 
             total, steps = total + loss.item(), steps + 1
         losses.append(round(total / max(steps, 1), 4))
     with torch.no_grad():
-        vectors = torch.cat([items(image_t[i:i + 4096], codes_t[i:i + 4096]) for i in range(0, len(codes_t), 4096)])
-    layers = [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy())
-              for m in users.mlp if isinstance(m, nn.Linear)]
-    return TwoTower(vectors.numpy().astype(np.float32), layers, part_index,
+        inputs = items.inputs(image_t, codes_t)
+        vectors = F.normalize(items.mlp(inputs), dim=-1)
+
+    def layers(mlp: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy())
+                for m in mlp if isinstance(m, nn.Linear)]
+
+    return TwoTower(vectors.numpy().astype(np.float32), inputs.numpy().astype(np.float32), layers(items.mlp),
+                    layers(users.mlp), part_index,
                     users.parts.weight.detach().numpy().copy(), options, len(found.target),
                     round(time.perf_counter() - started, 2), losses)
