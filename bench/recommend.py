@@ -246,6 +246,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, nargs="*", default=[0.01, 0.1])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--weeks", type=int, default=8)
+    parser.add_argument("--tune-weeks", type=int, default=8,
+                        help="tune: how many of the weeks just before the --weeks that eval reports")
     parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS),
                         help="Which jobs to run; the others' figures stay in the JSON from earlier runs.")
     args = parser.parse_args()
@@ -384,7 +386,7 @@ def run_tune(args, result: dict) -> None:
     def score(name: str, ranked: list[str], actual: set[str]) -> None:
         scores.setdefault(name, []).append(ev.ap_at_k(ranked, actual, 12)[0])
 
-    for w in range(args.weeks, 0, -1):
+    for w in range(args.tune_weeks, 0, -1):
         cutoff = end - timedelta(days=7 * w)
         test = purchases[(purchases["ts"] >= pd.Timestamp(cutoff)) & (purchases["ts"] < pd.Timestamp(cutoff + timedelta(days=7)))]
         train_all = events[events["ts"] < pd.Timestamp(cutoff)]
@@ -430,7 +432,7 @@ def run_tune(args, result: dict) -> None:
     tower_seconds = {name: round(float(np.mean(v)), 1) for name, v in seconds.items()}
     print(f"two-tower training, mean seconds per week: {tower_seconds}", flush=True)
     (RESULTS / "recommend-tune.json").write_text(json.dumps(
-        {"weeks_before": end.strftime("%Y-%m-%d"), "weeks": args.weeks, "scores": table,
+        {"weeks_before": end.strftime("%Y-%m-%d"), "weeks": args.tune_weeks, "scores": table,
          "tower_seconds": tower_seconds, "cpu": cpu(), "load_average": os.getloadavg()[0]}, indent=2))
     result["tune"] = {"file": "bench/results/recommend-tune.json"}
 

@@ -225,6 +225,17 @@ def test_shopping_as_a_customer_shows_their_picks_and_a_products_bought_together
     expect(page.locator("#picked .note")).to_contain_text("no events for user 'nobody': trending")
     expect(page.locator("#picked .card").first).to_be_attached()
 
+    # The strips follow the page's filters: a price cap leaves out the dearer complements.
+    prices = {p.product_id: p.price for p in rec.together(shoppers["a"], k=8).picks}
+    cap = min(prices.values())
+    cheap = [p.product_id for p in rec.together(shoppers["a"], k=8, where=[f"price<={cap:g}"]).picks]
+    assert cheap and all(prices[p] <= cap for p in cheap)
+    page.fill("#price-max", f"{cap:g}")
+    page.locator("#price-max").dispatch_event("change")
+    expect(page.locator("#together .card")).to_have_count(len(cheap))
+    assert [c["product"] for c in cards(page, "#together")] == cheap
+    assert any("/api/recommend/together/" in u and "where=price%3C%3D" in u for u in requests), requests
+
     assert not errors, errors
     assert all(u.startswith((base_url, "blob:", "data:")) for u in requests), requests
     context.close()

@@ -97,11 +97,10 @@ def test_models_with_a_two_tower_built_for_another_catalog_are_refused(tmp_path)
     rec.record([Event(r.user_id, r.item_id, r.ts.to_pydatetime()) for r in frame.itertuples()])
     rec.train()
     assert rec.models().two_tower is not None
-    rec.events.close()
-    other = Recommender(tmp_path, catalog=lambda: replace(catalog, model_id="another-model"))
-    with pytest.raises(StaleModels, match="built from collection 'shop' \\(model test-model\\)"):
-        other.models()
-    other.events.close()
+    rec.close()
+    with Recommender(tmp_path, catalog=lambda: replace(catalog, model_id="another-model")) as other:
+        with pytest.raises(StaleModels, match="built from collection 'shop' \\(model test-model\\)"):
+            other.models()
 
 
 def test_segment_top_sellers_shrink_toward_everyones_by_a_prior():

@@ -101,6 +101,18 @@ class Recommender:
             self._store = EventStore(self.data_dir / "events.duckdb")
         return self._store
 
+    def close(self) -> None:
+        """Close the events database (opened on first use); the object opens it again if used after."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> "Recommender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def catalog(self) -> Catalog | None:
         """The collection in use, asked once: a Toolkit keeps one collection for its life."""
@@ -326,11 +338,14 @@ class Recommender:
                 reason: Callable[[Candidate, dict[str, Item]], str]) -> Picks:
         wanted = clauses(where)
         items = self._items()
+        if wanted:  # filters see a product as it is shown: the items table's entry filled from the store's card
+            found = [c for c in found if min_score is None or c.score >= min_score]
+            seen = self._cards(items, [c.item_id for c in found])
         chosen = []
         for c in found:
             if min_score is not None and c.score < min_score:
                 continue
-            if wanted and not matches(items.get(c.item_id), wanted):
+            if wanted and not matches(seen.get(c.item_id), wanted):
                 continue
             chosen.append(c)
             if len(chosen) >= k:

@@ -163,13 +163,13 @@ function viewProduct(hit) {
 
 const STRIP_K = 8;
 
-// The filters the strips take: catalog attributes and price, as the recommend API's `where`. Tag menus
-// filter search hits only (picks are matched against the items table, which holds no tags).
+// The strips take the page's filters (tags, catalog attributes, price) as the recommend API's `where`;
+// "photo or video" is about media, not products, and stays with search.
 function stripQuery() {
   const opts = options();
   const params = new URLSearchParams({ k: String(STRIP_K) });
   for (const [field, value] of Object.entries(opts.filters)) {
-    if (field.startsWith("attr.")) params.append("where", `${field}=${value}`);
+    if (field !== "kind") params.append("where", `${field}=${value}`);
   }
   if (opts.price_min !== null) params.append("where", `price>=${opts.price_min}`);
   if (opts.price_max !== null) params.append("where", `price<=${opts.price_max}`);
