@@ -32,7 +32,8 @@ class PickOut(BaseModel):
     score: float
     reason: str = Field(description="Why it was picked: the rule with its confidence and lift, "
                                     "\"because you bought ...\", \"trending in ...\".")
-    source: str = Field(description="The signal that picked it: together, repurchase, item, als, variant, trending.")
+    source: str = Field(description="The signal that picked it: together, repurchase, item, als, variant, "
+                                    "trending, content, two_tower.")
     attributes: dict[str, str]
     tags: dict[str, str] = Field(default_factory=dict, description="The product photo's tags, as on search hits.")
 

@@ -101,31 +101,26 @@ def repurchase_then(popular: list[str], history: pd.DataFrame, n: int) -> list[s
     return list(dict.fromkeys(own + popular))[:n]
 
 
-#: The two-tower's weight in the ablation's "with two-tower" row while the shipped blend leaves it out
-#: (chosen with the other weights, on the weeks before those reported).
-TWO_TOWER_TRIAL = 1.0
+#: The two-tower's weight in the ablation's "with two-tower" row while the shipped blend leaves it out: the
+#: best of 0.3, 1 and 3 on the 4 weeks before those reported (bench/recommend.py --jobs tune).
+TWO_TOWER_TRIAL = 0.3
 
 
 def variants(weights: Weights, content: bool, two_tower: bool = False) -> dict[str, Weights]:
-    """The blend and its ablation: each variant turns parts of the blend's weights off."""
+    """The blend and its ablation: each variant turns parts of the blend's weights off (or the two-tower on)."""
     only = Weights(repurchase=0, item=0, als=0, trending=0, variant=0, content=0, two_tower=0, repurchase_days=0)
-    out = {"blend (all signals)": weights,
-           "  without repurchase": weights.without("repurchase"),
-           "  without item-item CF": weights.without("item"),
-           "  without ALS": weights.without("als"),
-           "  without trending": weights.without("trending"),
-           "  without other colours": weights.without("variant"),
-           "ALS only": replace(only, als=1),
-           "item-item CF only": replace(only, item=1)}
-    if content:
-        out["  without content"] = weights.without("content")
-        out["content only"] = replace(only, content=1)
+    parts = ["repurchase", "item", "als", "trending", "variant"] + (["content"] if content else [])
+    names = {"repurchase": "repurchase", "item": "item-item CF", "als": "ALS", "trending": "trending",
+             "variant": "other colours", "content": "content", "two_tower": "two-tower"}
+    out = {"blend (all signals)": weights}
+    out.update({f"  without {names[p]}": weights.without(p) for p in parts})
     if two_tower:
         if weights.two_tower:
             out["  without two-tower"] = weights.without("two_tower")
         else:
             out[f"  with two-tower (weight {TWO_TOWER_TRIAL:g})"] = replace(weights, two_tower=TWO_TOWER_TRIAL)
-        out["two-tower only"] = replace(only, two_tower=1)
+    out.update({f"{names[p]} only": replace(only, **{p: 1}) for p in ["als", "item"] + (["content"] if content else [])
+                + (["two_tower"] if two_tower else [])})
     return out
 
 

@@ -46,9 +46,10 @@ class Options:
     #: Train the two-tower model (two_tower.py) with these options; None: do not.
     tower: TowerOptions | None = field(default_factory=TowerOptions)
     #: Cold start: a segment's top sellers over this window, shrunk toward everyone's (trending.shrunk).
-    segment_window_days: float = 90
+    #: (30, 30, 100): the best of 3 x 2 x 4 settings on the 4 weeks before those `eval` reports (README).
+    segment_window_days: float = 30
     segment_half_life_days: float = 30
-    segment_prior: float = 20.0
+    segment_prior: float = 100.0
     #: How a shopper with no events is served: picks.cold_start's `how` (chosen by the evaluation, see README).
     cold_start: str = "segment"
 

@@ -233,7 +233,7 @@ def _because(models: Models, source: str, i: int, bought: pd.DataFrame, group: s
     if source == "variant":
         key = models.variants.get(str(models.data.items[i]))
         return next((b for b in reversed(bought["item_id"].tolist()) if models.variants.get(b) == key), None)
-    if source == "trending":
+    if source in ("trending", "two_tower"):  # the two-tower without a history to point at: the segment spoke
         return None if group == "all" else group
     return str(models.data.items[i])
 
