@@ -206,6 +206,9 @@ def api_latency(data_dir: Path, requests: int) -> dict:
 
     tk = Toolkit(data_dir=data_dir)
     rec = tk.recommend
+    vectors = hm_vectors()
+    rec._vectors = lambda: vectors
+    rec.train()  # again, beside the Toolkit's collection: models built without one are refused for it
     models = rec.models()
     product = max(models.complements, key=lambda p: len(models.complements[p]))
     users = rec.events.frame()["user_id"].drop_duplicates().tolist()[:requests]

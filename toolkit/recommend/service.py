@@ -338,9 +338,8 @@ class Recommender:
                 reason: Callable[[Candidate, dict[str, Item]], str]) -> Picks:
         wanted = clauses(where)
         items = self._items()
-        if wanted:  # filters see a product as it is shown: the items table's entry filled from the store's card
-            found = [c for c in found if min_score is None or c.score >= min_score]
-            seen = self._cards(items, [c.item_id for c in found])
+        # Filters see a product as it is shown: the items table's entry filled from the store's card (price, tags).
+        seen = self._cards(items, [c.item_id for c in found]) if wanted else items
         chosen = []
         for c in found:
             if min_score is not None and c.score < min_score:
