@@ -8,6 +8,8 @@
 - rules: FP-Growth (mlxtend) over N synthetic baskets, time and peak memory;
 - miners: mlxtend's FP-Growth and Apriori against efficient-apriori, same baskets, same rules?;
 - eval: `toolkit recommend eval` on H&M with the shipped model's vectors of its photos (content picks);
+- tune: the two-tower's settings and weight and cold start's segment lists, scored on the weeks before
+  those `eval` reports (bench/results/recommend-tune.json);
 - scale: `train` on synthetic data shaped like the full H&M data (31M purchases, 1.4M customers,
   105k articles) times --scale.
 Each heavy job runs in its own process, so its peak memory (ru_maxrss) is its own.
@@ -204,6 +206,9 @@ def api_latency(data_dir: Path, requests: int) -> dict:
 
     tk = Toolkit(data_dir=data_dir)
     rec = tk.recommend
+    vectors = hm_vectors()
+    rec._vectors = lambda: vectors
+    rec.train()  # again, beside the Toolkit's collection: models built without one are refused for it
     models = rec.models()
     product = max(models.complements, key=lambda p: len(models.complements[p]))
     users = rec.events.frame()["user_id"].drop_duplicates().tolist()[:requests]
@@ -244,6 +249,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, nargs="*", default=[0.01, 0.1])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--weeks", type=int, default=8)
+    parser.add_argument("--tune-weeks", type=int, default=8,
+                        help="tune: how many of the weeks just before the --weeks that eval reports")
     parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS),
                         help="Which jobs to run; the others' figures stay in the JSON from earlier runs.")
     args = parser.parse_args()
@@ -345,7 +352,95 @@ def run_eval(args, result: dict) -> None:
     result["eval"] = {"file": "bench/results/recommend-eval.json", "seconds": report.seconds}
 
 
-JOBS = {"eval": run_eval, "train": run_train_and_api, "import": run_import, "rules": run_rules, "miners": run_miners,
+#: What `tune` tries, on the 8 weeks before those `eval` reports: two-tower settings (changes to TowerOptions),
+#: the two-tower's weight in the blend, and cold start's segment lists (window days, half-life days, prior).
+TOWER_GRID = {"default": {}, "logQ correction": {"log_q": True}, "temperature 0.05": {"temperature": 0.05}}
+TOWER_WEIGHTS = (0.3, 1.0, 3.0)
+SEGMENT_GRID = [(window, half, prior) for window in (30, 90, 365) for half in (7, 30) for prior in (0, 5, 20, 100)]
+
+
+def run_tune(args, result: dict) -> None:
+    """Choose the two-tower's settings and weight, and cold start's, on the weeks before the reported ones."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    import numpy as np
+    import pandas as pd
+
+    from toolkit.recommend import evaluate as ev
+    from toolkit.recommend import two_tower
+    from toolkit.recommend.models import Options, build, shrunk_by_segment
+    from toolkit.recommend.picks import Weights, cold_start, for_history
+    from toolkit.recommend.segments import segment
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = hm_recommender(Path(tmp))
+        events = rec.events.frame(types=("purchase", "cart", "view")).sort_values("ts", kind="stable")
+        users = rec.events.users()
+        items = {i: it.attributes for i, it in rec.events.items().items()}
+    vectors = hm_vectors()
+    purchases = events[events["event_type"] == "purchase"]
+    end = (purchases["ts"].max().normalize() + pd.Timedelta(days=1)).to_pydatetime() - timedelta(days=7 * args.weeks)
+    base = Options(tower=None)
+    weights = Weights()
+    scores: dict[str, list[float]] = {}
+    seconds: dict[str, list[float]] = {}
+
+    def score(name: str, ranked: list[str], actual: set[str]) -> None:
+        scores.setdefault(name, []).append(ev.ap_at_k(ranked, actual, 12)[0])
+
+    for w in range(args.tune_weeks, 0, -1):
+        cutoff = end - timedelta(days=7 * w)
+        test = purchases[(purchases["ts"] >= pd.Timestamp(cutoff)) & (purchases["ts"] < pd.Timestamp(cutoff + timedelta(days=7)))]
+        train_all = events[events["ts"] < pd.Timestamp(cutoff)]
+        train = purchases[purchases["ts"] < pd.Timestamp(cutoff)]
+        models = build(train_all, cutoff, "tune", users, items, base, vectors=vectors)
+        history = {u: h for u, h in train_all.groupby("user_id")}
+        actual = test.groupby("user_id")["item_id"].agg(set)
+        pop7 = ev.popularity(train, cutoff, 7, 12)
+        known = [u for u in actual.index if u in history and (history[u]["event_type"] == "purchase").any()]
+        for u in known:
+            score("blend", [c.item_id for c in for_history(models, history[u], cutoff, 12, user_id=u,
+                                                           weights=weights, segment=segment(users.get(u)))], actual[u])
+        for u in actual.index:
+            score("cold: popularity, last 7 days", pop7, actual[u])
+        for window, half, prior in SEGMENT_GRID:
+            models.by_segment_shrunk = shrunk_by_segment(train, cutoff, models.segments, replace(
+                base, segment_window_days=window, segment_half_life_days=half, segment_prior=prior))
+            for u in actual.index:
+                score(f"cold: segment {window:g} d, half-life {half:g} d, prior {prior:g}",
+                      [c.item_id for c in cold_start(models, 12, segment(users.get(u)), "shrunk")] or pop7, actual[u])
+        for name, change in TOWER_GRID.items():
+            started = time.perf_counter()
+            models.two_tower = two_tower.train(models.data, train, cutoff,
+                                               models.content if change.get("image_components", 1) else None,
+                                               items, models.segments, replace(two_tower.TowerOptions(), **change))
+            seconds.setdefault(name, []).append(time.perf_counter() - started)
+            variants = {f"two-tower only ({name})": replace(
+                Weights(repurchase=0, item=0, als=0, trending=0, variant=0, content=0, repurchase_days=0), two_tower=1)}
+            variants.update({f"blend + two-tower x{x:g} ({name})": replace(weights, two_tower=x) for x in TOWER_WEIGHTS})
+            for u in known:
+                seg = segment(users.get(u))
+                for label, wts in variants.items():
+                    score(label, [c.item_id for c in for_history(models, history[u], cutoff, 12, user_id=u,
+                                                                 weights=wts, segment=seg)], actual[u])
+            for u in actual.index:
+                score(f"cold: two-tower, segment only ({name})",
+                      [c.item_id for c in cold_start(models, 12, segment(users.get(u)), "two-tower")], actual[u])
+        print(f"tune week from {cutoff:%Y-%m-%d}: {len(known)} shoppers with a history, {len(actual)} in all",
+              flush=True)
+    table = {name: {"map": round(float(np.mean(v)), 5), "n": len(v)} for name, v in scores.items()}
+    for name, row in table.items():
+        print(f"  {name:<64} MAP@12 {row['map']:.4f}  ({row['n']})", flush=True)
+    tower_seconds = {name: round(float(np.mean(v)), 1) for name, v in seconds.items()}
+    print(f"two-tower training, mean seconds per week: {tower_seconds}", flush=True)
+    (RESULTS / "recommend-tune.json").write_text(json.dumps(
+        {"weeks_before": end.strftime("%Y-%m-%d"), "weeks": args.tune_weeks, "scores": table,
+         "tower_seconds": tower_seconds, "cpu": cpu(), "load_average": os.getloadavg()[0]}, indent=2))
+    result["tune"] = {"file": "bench/results/recommend-tune.json"}
+
+
+JOBS = {"eval": run_eval, "tune": run_tune, "train": run_train_and_api, "import": run_import, "rules": run_rules, "miners": run_miners,
         "scale": run_scale}
 
 

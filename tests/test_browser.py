@@ -218,6 +218,22 @@ def test_shopping_as_a_customer_shows_their_picks_and_a_products_bought_together
     RECOMMEND_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(RECOMMEND_SCREENSHOT), full_page=False)
 
+    # The strips follow the page's filters: a price cap leaves out the dearer complements.
+    prices = {p.product_id: p.price for p in rec.together(shoppers["a"], k=8).picks}
+    cap = min(prices.values())
+    cheap = [p.product_id for p in rec.together(shoppers["a"], k=8, where=[f"price<={cap:g}"]).picks]
+    assert cheap and all(prices[p] <= cap for p in cheap)
+    page.fill("#price-max", f"{cap:g}")
+    page.locator("#price-max").dispatch_event("change")
+    if len(cheap) < len(prices):
+        expect(page.locator("#together .card")).to_have_count(len(cheap))
+    page.wait_for_function("[...document.querySelectorAll('#together .card')].length > 0")
+    assert [c["product"] for c in cards(page, "#together")] == cheap
+    assert any("/api/recommend/together/" in u and "where=price%3C%3D" in u for u in requests), requests
+    page.fill("#price-max", "")
+    page.locator("#price-max").dispatch_event("change")
+    expect(page.locator("#together .card")).to_have_count(len(together))
+
     page.reload()  # the shopper is remembered
     expect(page.locator("#picked .card")).to_have_count(len(expected))
     page.fill("#shopper", "nobody")

@@ -52,7 +52,8 @@ def shop(folder, catalog=None):
 @pytest.fixture(scope="module")
 def rec(tmp_path_factory):
     """One shop for the tests that only read; a test that records events makes its own."""
-    return shop(tmp_path_factory.mktemp("shop"))
+    with shop(tmp_path_factory.mktemp("shop")) as r:
+        yield r
 
 
 def ids(picks):

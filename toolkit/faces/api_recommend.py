@@ -32,7 +32,8 @@ class PickOut(BaseModel):
     score: float
     reason: str = Field(description="Why it was picked: the rule with its confidence and lift, "
                                     "\"because you bought ...\", \"trending in ...\".")
-    source: str = Field(description="The signal that picked it: together, repurchase, item, als, variant, trending.")
+    source: str = Field(description="The signal that picked it: together, repurchase, item, als, variant, "
+                                    "trending, content, two_tower.")
     attributes: dict[str, str]
     tags: dict[str, str] = Field(default_factory=dict, description="The product photo's tags, as on search hits.")
 
@@ -40,10 +41,11 @@ class PickOut(BaseModel):
     def of(cls, p: Pick) -> "PickOut":
         """An items table's image may be a path no browser can fetch: then the store's photo, which this
         service serves."""
-        image = p.image if _web_link(p.image) else (f"/media/{p.media_id}" if p.media_id else None)
-        return cls(product_id=p.product_id, title=p.title, price=p.price, currency=p.currency, url=p.url,
-                   image_url=image, score=p.score, reason=p.reason, source=p.source, attributes=p.attributes,
-                   tags=p.tags)
+        item = p.item
+        image = item.image if _web_link(item.image) else (f"/media/{item.media_id}" if item.media_id else None)
+        return cls(product_id=item.product_id, title=item.title, price=item.price, currency=item.currency,
+                   url=item.url, image_url=image, score=p.score, reason=p.reason, source=p.source,
+                   attributes=item.attributes, tags=item.tags)
 
 
 def _web_link(url: str | None) -> bool:

@@ -20,7 +20,8 @@ import pandas as pd
 from toolkit.recommend.baskets import baskets
 from toolkit.recommend.content import ItemVectors
 from toolkit.recommend.models import Models, Options, build
-from toolkit.recommend.picks import Weights, for_history
+from toolkit.recommend.picks import Weights, cold_start, for_history
+from toolkit.recommend.segments import segment
 
 BOOTSTRAP = 1000
 Progress = Callable[[str], None]
@@ -100,20 +101,26 @@ def repurchase_then(popular: list[str], history: pd.DataFrame, n: int) -> list[s
     return list(dict.fromkeys(own + popular))[:n]
 
 
-def variants(weights: Weights, content: bool) -> dict[str, Weights]:
-    """The blend and its ablation: each variant turns parts of the blend's weights off."""
-    only = Weights(repurchase=0, item=0, als=0, trending=0, variant=0, content=0, repurchase_days=0)
-    out = {"blend (all signals)": weights,
-           "  without repurchase": weights.without("repurchase"),
-           "  without item-item CF": weights.without("item"),
-           "  without ALS": weights.without("als"),
-           "  without trending": weights.without("trending"),
-           "  without other colours": weights.without("variant"),
-           "ALS only": replace(only, als=1),
-           "item-item CF only": replace(only, item=1)}
-    if content:
-        out["  without content"] = weights.without("content")
-        out["content only"] = replace(only, content=1)
+#: The two-tower's weight in the ablation's "with two-tower" row while the shipped blend leaves it out: the
+#: best of 0.3, 1 and 3 on the 4 weeks before those reported (bench/recommend.py --jobs tune).
+TWO_TOWER_TRIAL = 0.3
+
+
+def variants(weights: Weights, content: bool, two_tower: bool = False) -> dict[str, Weights]:
+    """The blend and its ablation: each variant turns parts of the blend's weights off (or the two-tower on)."""
+    only = Weights(repurchase=0, item=0, als=0, trending=0, variant=0, content=0, two_tower=0, repurchase_days=0)
+    parts = ["repurchase", "item", "als", "trending", "variant"] + (["content"] if content else [])
+    names = {"repurchase": "repurchase", "item": "item-item CF", "als": "ALS", "trending": "trending",
+             "variant": "other colours", "content": "content", "two_tower": "two-tower"}
+    out = {"blend (all signals)": weights}
+    out.update({f"  without {names[p]}": weights.without(p) for p in parts})
+    if two_tower:
+        if weights.two_tower:
+            out["  without two-tower"] = weights.without("two_tower")
+        else:
+            out[f"  with two-tower (weight {TWO_TOWER_TRIAL:g})"] = replace(weights, two_tower=TWO_TOWER_TRIAL)
+    out.update({f"{names[p]} only": replace(only, **{p: 1}) for p in ["als", "item"] + (["content"] if content else [])
+                + (["two_tower"] if two_tower else [])})
     return out
 
 
@@ -128,7 +135,7 @@ def evaluate(events: pd.DataFrame, users: Mapping[str, Mapping[str, str]],
         return EvalReport(k, [], [], len(item_attributes), 0.0, ["no purchases to evaluate on"])
     end = end or (purchases["ts"].max().to_pydatetime().replace(hour=0, minute=0, second=0, microsecond=0)
                   + timedelta(days=1))
-    blends = variants(weights or Weights(), vectors is not None)
+    blends = variants(weights or Weights(), vectors is not None, (options or Options()).tower is not None)
     per: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     recommended: dict[tuple[str, str], set[str]] = {}
     never_hits: dict[tuple[str, str], list[int]] = {}
@@ -154,13 +161,18 @@ def evaluate(events: pd.DataFrame, users: Mapping[str, Mapping[str, str]],
             group = "known users" if h is not None and (h["event_type"] == "purchase").any() else "new users"
             info.users += group == "known users"
             info.new_users += group == "new users"
-            for method, ranked in _methods(models, group, h, user, users, pop7, pop30, cutoff, k, blends).items():
+            lists = {(group, m): r for m, r in _methods(models, group, h, user, users, pop7, pop30, cutoff, k,
+                                                        blends).items()}
+            # Every shopper of the week again, as if they had no history: cold start with many more shoppers.
+            lists.update({(AS_NEW, m): r for m, r in _cold(models, segment(users.get(user)), pop7, pop30, k).items()})
+            for (g, method), ranked in lists.items():
                 score = ap_at_k(ranked, items, k)
-                per.setdefault((group, method), []).append(score)
-                recommended.setdefault((group, method), set()).update(ranked)
-                never_hits.setdefault((group, method), []).extend(
+                per.setdefault((g, method), []).append(score)
+                recommended.setdefault((g, method), set()).update(ranked)
+                never_hits.setdefault((g, method), []).extend(
                     int(i not in seen_items) for i in ranked[:k] if i in items)
-                week_maps.setdefault(method, []).append(score[0])
+                if g == group:
+                    week_maps.setdefault(method, []).append(score[0])
         info.baskets = _basket_completion(models, test, pop7, per, recommended)
         info.map = {m: round(float(np.mean(v)), 5) for m, v in week_maps.items()}
         infos.append(info)
@@ -171,24 +183,34 @@ def evaluate(events: pd.DataFrame, users: Mapping[str, Mapping[str, str]],
 def _methods(models: Models, group: str, history: pd.DataFrame | None, user: str,
              users: Mapping[str, Mapping[str, str]], pop7: list[str], pop30: list[str], now: datetime,
              k: int, blends: Mapping[str, Weights]) -> dict[str, list[str]]:
-    from toolkit.recommend.picks import trending
-    from toolkit.recommend.segments import segment
-
-    ranked = {"popularity, last 7 days": pop7, "popularity, last 30 days": pop30}
     seg = segment(users.get(user))
     if group == "new users":
-        if seg:
-            ranked["trending in the user's segment"] = [c.item_id for c in trending(models, k, seg)] or pop7
-        else:
-            ranked["trending in the user's segment"] = pop7
-        ranked["trending (decayed), everyone"] = [c.item_id for c in trending(models, k)]
-        return ranked
+        return _cold(models, seg, pop7, pop30, k)
+    ranked = {"popularity, last 7 days": pop7, "popularity, last 30 days": pop30}
     bought = history[history["event_type"] == "purchase"]
     ranked["repurchase, then popularity"] = repurchase_then(pop7, bought, k)
     for name, weights in blends.items():
         ranked[name] = [c.item_id for c in for_history(models, history, now, k, user_id=user, weights=weights,
                                                        segment=seg)]
     return ranked
+
+
+def _cold(models: Models, seg: str | None, pop7: list[str], pop30: list[str], k: int) -> dict[str, list[str]]:
+    """The lists for a shopper with no history: baselines, trending overall and the segment's variants."""
+    ranked = {"popularity, last 7 days": pop7, "popularity, last 30 days": pop30,
+              "trending (decayed), everyone": [c.item_id for c in cold_start(models, k, None, "everyone")]}
+    for name, how in COLD_METHODS.items():
+        if how != "two-tower" or models.two_tower is not None:
+            ranked[name] = [c.item_id for c in cold_start(models, k, seg, how)] or pop7
+    return ranked
+
+
+#: Cold-start lists scored against the baselines: name -> `picks.cold_start(how=...)`.
+COLD_METHODS = {"trending in the user's segment": "segment",
+                "segment's top sellers shrunk toward everyone's": "shrunk",
+                "two-tower, segment only": "two-tower"}
+AS_NEW = "every shopper as new"
+GROUPS = ("known users", "new users", AS_NEW, "baskets")
 
 
 BASELINES = {"popularity, last 7 days", "popularity, last 30 days", "repurchase, then popularity"}
@@ -223,12 +245,12 @@ def _summarise(per, recommended, never_hits, catalog: int, seed: int) -> list[Me
     rng = np.random.default_rng(seed)
     out: list[MethodScore] = []
     best_baseline: dict[str, np.ndarray] = {}
-    for group in ("known users", "new users", "baskets"):
+    for group in GROUPS:
         baselines = [(m, np.array(v)) for (g, m), v in per.items()
                      if g == group and (m in BASELINES or m.startswith("popularity"))]
         if baselines:
             best_baseline[group] = max(baselines, key=lambda mv: mv[1][:, 0].mean())[1]
-    for (group, method), values in per.items():
+    for (group, method), values in sorted(per.items(), key=lambda kv: GROUPS.index(kv[0][0])):
         v = np.array(values)
         hits = never_hits.get((group, method), [])
         score = MethodScore(method, group, len(v), coverage=round(len(recommended[(group, method)]) / max(catalog, 1), 4),

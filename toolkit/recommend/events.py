@@ -76,6 +76,12 @@ class EventStore:
     def close(self) -> None:
         self._db.close()
 
+    def __enter__(self) -> "EventStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- writing ---------------------------------------------------------------------------------
 
     def import_events(self, source: Source, mapping: dict[str, str] | None = None) -> ImportReport:

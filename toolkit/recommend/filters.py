@@ -1,5 +1,6 @@
 """`where` filters on recommendations, written as for search: `price<50`, `index_group_name=Ladieswear`,
-`attr.colour_group_name=Black`, `title=...`, `product_id=...`. They apply to the items table's fields."""
+`attr.colour_group_name=Black`, `colour=Blue` (a tag), `title=...`, `product_id=...`. They apply to a product as
+it is shown: the items table's fields, filled from the vector store's card (price, photo tags) where it has one."""
 from __future__ import annotations
 
 import operator
@@ -48,7 +49,7 @@ def _meets(item: Item, field: str, op: str, value: str) -> bool:
         return item.price is not None and _OPS[op](item.price, wanted)
     have = {"product_id": item.product_id, "title": item.title, "currency": item.currency}.get(name)
     if have is None:
-        have = item.attributes.get(name)
+        have = item.attributes.get(name, item.tags.get(name))
     if have is None:
         return False
     if op in ("<", "<=", ">", ">="):

@@ -21,9 +21,11 @@ from toolkit.recommend.cf import CF, Interactions, interactions
 from toolkit.recommend.content import ItemVectors
 from toolkit.recommend.rules import Complement, complements
 from toolkit.recommend.segments import segment
-from toolkit.recommend.trending import decayed_counts
+from toolkit.recommend import two_tower
+from toolkit.recommend.trending import decayed_counts, shrunk
+from toolkit.recommend.two_tower import TowerOptions, TwoTower
 
-FORMAT = 3
+FORMAT = 4
 #: Item attribute that names the garment shared by its colours (H&M's first 7 digits of article_id).
 VARIANT_ATTRIBUTE = "product_code"
 
@@ -41,6 +43,15 @@ class Options:
     cf_kinds: tuple[str, ...] = ("als", "item")
     factors: int = 64
     iterations: int = 15
+    #: Train the two-tower model (two_tower.py) with these options; None: do not.
+    tower: TowerOptions | None = field(default_factory=TowerOptions)
+    #: Cold start: a segment's top sellers over this window, shrunk toward everyone's (trending.shrunk).
+    #: (30, 30, 100): the best of 3 x 2 x 4 settings on the 4 weeks before those `eval` reports (README).
+    segment_window_days: float = 30
+    segment_half_life_days: float = 30
+    segment_prior: float = 100.0
+    #: How a shopper with no events is served: picks.cold_start's `how` (chosen by the evaluation, see README).
+    cold_start: str = "segment"
 
 
 @dataclass
@@ -65,6 +76,9 @@ class Models:
     content_model: str | None = None
     #: The collection the models were built beside (`Catalog.as_dict()`); None when no store was attached.
     catalog: dict | None = None
+    two_tower: TwoTower | None = None
+    #: Cold start: top sellers per segment, shrunk toward everyone's (group = segment).
+    by_segment_shrunk: pd.DataFrame | None = None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,14 +150,32 @@ def build(events: pd.DataFrame, now: datetime, stamp: str, users: Mapping[str, M
     trend = decayed_counts(purchases, now, options.trending_window_days, options.trending_half_life_days)
     by_segment = decayed_counts(purchases, now, options.trending_window_days, options.trending_half_life_days,
                                 groups=segments)
+    shrunk = shrunk_by_segment(purchases, now, segments, options)
     step("trending", started)
     variants = {i: a[VARIANT_ATTRIBUTE] for i, a in item_attributes.items() if a.get(VARIANT_ATTRIBUTE)}
     members: dict[str, list[str]] = {}
     for item, key in variants.items():
         members.setdefault(key, []).append(item)
     content = vectors.aligned(data.item_index, len(data.items)) if vectors is not None else None
+    tower = None
+    if options.tower is not None:
+        started = time.perf_counter()
+        tower = two_tower.train(data, purchases, now, content, item_attributes, segments, options.tower)
+        step("two-tower", started)
     return Models(now, stamp, data, cf, together, trend, by_segment, segments, variants, members, options, seconds,
-                  content=content, content_model=vectors.model_id if vectors is not None else None)
+                  content=content, content_model=vectors.model_id if vectors is not None else None,
+                  two_tower=tower, by_segment_shrunk=shrunk)
+
+
+def shrunk_by_segment(purchases: pd.DataFrame, now: datetime, segments: Mapping[str, str],
+                      options: Options) -> pd.DataFrame:
+    """Each segment's decayed top sellers over `segment_window_days`, shrunk toward everyone's: the share of
+    an item in a segment is (its segment score + prior x its share of everyone's) / (the segment's total +
+    prior), a Bayesian average with `segment_prior` pseudo-purchases, so a segment with few purchases
+    gets nearly everyone's list and a large one its own."""
+    window, half = options.segment_window_days, options.segment_half_life_days
+    return shrunk(decayed_counts(purchases, now, window, half, groups=segments),
+                  decayed_counts(purchases, now, window, half), options.segment_prior)
 
 
 def normalised(vector: np.ndarray) -> np.ndarray:

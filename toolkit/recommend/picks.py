@@ -15,6 +15,7 @@ import pandas as pd
 from toolkit.recommend.cf import EVENT_WEIGHTS
 from toolkit.recommend.content import closest, profile_scores
 from toolkit.recommend.models import Models, normalised
+from toolkit.recommend.two_tower import recency
 
 #: Days after which a purchase counts half as much for "buy it again" and "other colours".
 REPURCHASE_HALF_LIFE = 30.0
@@ -39,6 +40,8 @@ class Weights:
     trending: float = 1.0
     variant: float = 0.5
     content: float = 1.0
+    #: The two-tower model (two_tower.py): 0 unless the evaluation shows it wins (see README).
+    two_tower: float = 0.0
     #: Purchases of the last this many days come first, latest first, whatever the other signals say
     #: (older ones compete through the `repurchase` weight). 0: none do.
     repurchase_days: float = 14.0
@@ -95,6 +98,10 @@ def for_history(models: Models, history: pd.DataFrame, now: datetime, n: int, *,
         scores = np.maximum(profile_scores(models.content, cols, recency), 0)
         scores[cols] = 0.0
         signals["content"] = normalised(scores)
+    if weights.two_tower and models.two_tower is not None:
+        scores = np.maximum(_tower_scores(models, known, cols, weights_, now, segment), 0)
+        scores[cols] = 0.0
+        signals["two_tower"] = normalised(scores)
     trend_group = segment if segment and _trending_rows(models, segment) else "all"
     if weights.trending:
         signals["trending"] = normalised(_trending_vector(models, trend_group, size))
@@ -119,14 +126,46 @@ def for_history(models: Models, history: pd.DataFrame, now: datetime, n: int, *,
         if len(mine):
             because.update(zip(mine.tolist(), (str(data.items[j]) if j >= 0 else None
                                                for j in models.cf[kind].because(row, mine))))
-    looks = np.asarray([i for i, s in zip(best, sources) if s == "content"], dtype=np.int64)
-    if len(looks):
-        because.update(zip(looks.tolist(), (str(data.items[j]) for j in closest(models.content, cols, looks))))
+    for kind, vectors in (("content", models.content),
+                          ("two_tower", models.two_tower.item_vectors if models.two_tower else None)):
+        looks = np.asarray([i for i, s in zip(best, sources) if s == kind], dtype=np.int64)
+        if len(looks) and len(cols):
+            because.update(zip(looks.tolist(), (str(data.items[j]) for j in closest(vectors, cols, looks))))
     out = []
     for i, source in zip(best.tolist(), sources):
         reason = because[i] if i in because else _because(models, source, i, bought, trend_group)
         out.append(Candidate(str(data.items[i]), float(total[i]), source, reason))
     return out
+
+
+def _tower_scores(models: Models, known: pd.DataFrame, cols: np.ndarray, event_weights: list[float],
+                  now: datetime, segment: str | None) -> np.ndarray:
+    """The two-tower's score of every item for a shopper: their latest events, weighted by type and recency."""
+    tower = models.two_tower
+    assert tower is not None
+    age = (pd.Timestamp(now) - known["ts"]).dt.total_seconds().to_numpy() / 86400.0 if len(known) else np.zeros(0)
+    latest = np.argsort(age, kind="stable")[:tower.options.history]
+    weights = recency(age[latest], tower.options.half_life_days) * np.asarray(event_weights, dtype=np.float32)[latest]
+    return tower.scores(cols[latest], weights, segment)
+
+
+def cold_start(models: Models, n: int, segment: str | None, how: str = "shrunk") -> list[Candidate]:
+    """Picks for a shopper with no events: "shrunk" (their segment's top sellers shrunk toward everyone's),
+    "segment" (their segment's alone), "two-tower" (its shopper tower on the segment alone) or "everyone"
+    (trending overall). Without a segment, or where the segment sold nothing, trending overall."""
+    if segment and how == "two-tower" and models.two_tower is not None:
+        scores = np.maximum(models.two_tower.scores(np.zeros(0, np.int64), np.zeros(0, np.float32), segment), 0)
+        return [Candidate(str(models.data.items[i]), float(scores[i]), "two_tower", segment) for i in _top(scores, n)]
+    if segment and how == "shrunk" and models.by_segment_shrunk is not None:
+        rows = models.by_segment_shrunk
+        rows = rows[rows["group"] == segment].head(n)
+        if len(rows):
+            return [Candidate(str(i), float(s), "trending", segment) for i, s in zip(rows["item_id"], rows["score"])]
+    if segment and how in ("segment", "shrunk"):
+        found = trending(models, n, segment)
+        if found:
+            return found
+    return trending(models, n)
 
 
 def trending(models: Models, n: int, group: str = "all",
@@ -194,7 +233,7 @@ def _because(models: Models, source: str, i: int, bought: pd.DataFrame, group: s
     if source == "variant":
         key = models.variants.get(str(models.data.items[i]))
         return next((b for b in reversed(bought["item_id"].tolist()) if models.variants.get(b) == key), None)
-    if source == "trending":
+    if source in ("trending", "two_tower"):  # the two-tower without a history to point at: the segment spoke
         return None if group == "all" else group
     return str(models.data.items[i])
 

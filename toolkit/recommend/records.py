@@ -1,7 +1,7 @@
 """Records that cross module lines in the recommendation wing."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 
 EVENT_TYPES = ("view", "cart", "purchase")
@@ -84,20 +84,31 @@ class Item:
 
 @dataclass
 class Pick:
-    """One recommendation: looks like a search hit, plus why it was picked."""
+    """One recommendation: looks like a search hit (the product's `Item`), plus why it was picked. The item's
+    fields read through (`pick.title`, `pick.price`, ...); `as_dict()` is the flat record clients see."""
 
-    product_id: str
+    item: Item
     score: float
     reason: str
     source: str
-    title: str | None = None
-    price: float | None = None
-    currency: str | None = None
-    url: str | None = None
-    image: str | None = None
-    attributes: dict[str, str] = field(default_factory=dict)
-    media_id: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def product_id(self) -> str:
+        return self.item.product_id
+
+    def __getattr__(self, name: str):
+        if name in _ITEM_FIELDS:
+            return getattr(self.__dict__["item"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def as_dict(self) -> dict:
+        """product_id, score, reason, source, then the item's other fields, as before Pick held an Item."""
+        item = asdict(self.item)
+        return {"product_id": item.pop("product_id"), "score": self.score, "reason": self.reason,
+                "source": self.source, **item}
+
+
+_ITEM_FIELDS = frozenset(f.name for f in fields(Item))
 
 
 @dataclass

@@ -101,6 +101,18 @@ class Recommender:
             self._store = EventStore(self.data_dir / "events.duckdb")
         return self._store
 
+    def close(self) -> None:
+        """Close the events database (opened on first use); the object opens it again if used after."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> "Recommender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def catalog(self) -> Catalog | None:
         """The collection in use, asked once: a Toolkit keeps one collection for its life."""
@@ -263,9 +275,10 @@ class Recommender:
         history = self.events.user_events(user_id)
         seg = models.segments.get(user_id) or segment(self.events.user(user_id))
         if history.empty:
-            found = ranking.trending(models, _pool(k, where), seg) if seg else []
-            note = f"no events for user {user_id!r}: " + ("trending in their segment" if found else "trending overall")
-            found = found or ranking.trending(models, _pool(k, where))
+            found = ranking.cold_start(models, _pool(k, where), seg, self.options.cold_start)
+            in_segment = bool(seg) and any(c.because == seg for c in found)
+            note = f"no events for user {user_id!r}: " + ("trending in their segment" if in_segment else
+                                                          "trending overall")
         else:
             now = max(models.now, history["ts"].max().to_pydatetime() + timedelta(seconds=1))
             found = ranking.for_history(models, history, now, _pool(k, where), user_id=user_id, weights=self.weights,
@@ -325,11 +338,13 @@ class Recommender:
                 reason: Callable[[Candidate, dict[str, Item]], str]) -> Picks:
         wanted = clauses(where)
         items = self._items()
+        # Filters see a product as it is shown: the items table's entry filled from the store's card (price, tags).
+        seen = self._cards(items, [c.item_id for c in found]) if wanted else items
         chosen = []
         for c in found:
             if min_score is not None and c.score < min_score:
                 continue
-            if wanted and not matches(items.get(c.item_id), wanted):
+            if wanted and not matches(seen.get(c.item_id), wanted):
                 continue
             chosen.append(c)
             if len(chosen) >= k:
@@ -338,8 +353,7 @@ class Recommender:
         out = []
         for c in chosen:
             item = shown.get(c.item_id) or Item(c.item_id)
-            out.append(Pick(c.item_id, round(c.score, 6), reason(c, shown), c.source, item.title, item.price,
-                            item.currency, item.url, item.image, item.attributes, item.media_id, item.tags))
+            out.append(Pick(item, round(c.score, 6), reason(c, shown), c.source))
         return Picks(out)
 
     def _cards(self, items: dict[str, Item], ids: list[str]) -> dict[str, Item]:
@@ -379,6 +393,10 @@ class Recommender:
             return f"another colour of {self._title(items, c.because)}, which you bought"
         if c.source == "content":
             return f"looks like {self._title(items, c.because)}"
+        if c.source == "two_tower":
+            if c.because in facts.last_bought or c.because in items:
+                return f"for shoppers who bought {self._title(items, c.because)}"
+            return f"for shoppers like you ({c.because})" if c.because else "picked for you"
         return f"trending in {c.because}" if c.because else "trending now"
 
 

@@ -46,7 +46,8 @@ def _parquet(name: str, data: bytes) -> pd.DataFrame:
         tmp.write(data)
         tmp.flush()
         try:
-            frame = duckdb.connect().execute("SELECT * FROM read_parquet(?)", [tmp.name]).df()
+            with duckdb.connect() as connection:
+                frame = connection.execute("SELECT * FROM read_parquet(?)", [tmp.name]).df()
         except duckdb.Error as exc:
             raise EventsError(f"{name} cannot be read as Parquet ({exc}); nothing imported") from None
     return frame.astype(str).where(frame.notna(), "").astype(object)

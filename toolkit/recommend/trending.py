@@ -30,3 +30,22 @@ def top(table: pd.DataFrame, group: str = "all", n: int | None = None) -> list[t
     if n is not None:
         rows = rows.head(n)
     return list(zip(rows["item_id"].tolist(), rows["score"].astype(float).tolist()))
+
+
+def shrunk(by_group: pd.DataFrame, overall: pd.DataFrame, prior: float) -> pd.DataFrame:
+    """Per-group scores (decayed_counts with groups) shrunk toward the overall ones (decayed_counts without):
+    (group score + prior * overall share) / (group total + prior), for every item sold overall. `prior` is
+    how many (decayed) purchases the overall list counts for: a group with far fewer follows it, one with
+    far more keeps its own order. (group, item_id, score) sorted best first, like decayed_counts."""
+    if overall.empty or by_group.empty:
+        return by_group.iloc[0:0]
+    share = overall.set_index("item_id")["score"]
+    share = share / share.sum()
+    tables = []
+    for group, rows in by_group.groupby("group", sort=True):
+        own = rows.set_index("item_id")["score"]
+        score = (own.reindex(share.index.union(own.index), fill_value=0.0)
+                 + prior * share.reindex(share.index.union(own.index), fill_value=0.0)) / (own.sum() + prior)
+        tables.append(pd.DataFrame({"group": group, "item_id": score.index, "score": score.to_numpy()}))
+    table = pd.concat(tables, ignore_index=True)
+    return table.sort_values(["group", "score", "item_id"], ascending=[True, False, True], ignore_index=True)

@@ -138,7 +138,7 @@ def rules(
 
 def _picks(result, as_json: bool) -> None:
     if as_json:
-        print_json(result)
+        print_json({"picks": [p.as_dict() for p in result.picks], "note": result.note})
         return
     if result.note:
         err.print(result.note, highlight=False, soft_wrap=True)
@@ -233,9 +233,9 @@ def format_eval(report) -> str:
             group = s.group
             metric = "HR@10" if group == "baskets" else f"MAP@{report.k}"
             lines.append(f"\n{group}  ({s.n} {'baskets' if group == 'baskets' else 'shopper-weeks'})")
-            lines.append(f"  {'method':<36} {metric:<26} {'HR':<26} {'margin vs best baseline':<28} coverage")
+            lines.append(f"  {'method':<48} {metric:<26} {'HR':<26} {'margin vs best baseline':<28} coverage")
         main = s.hr if group == "baskets" else s.map
         hr = "" if group == "baskets" else ci(s.hr)
-        lines.append(f"  {s.method:<36} {ci(main):<26} {hr:<26} {ci(s.margin) if s.margin else '(baseline)':<28} "
+        lines.append(f"  {s.method:<48} {ci(main):<26} {hr:<26} {ci(s.margin) if s.margin else '(baseline)':<28} "
                      f"{s.coverage:.3f}")
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { photo: null, last: null };
+const state = { photo: null, last: null, product: null, shopper: null };
 
 // -- talking to the API -------------------------------------------------------------------
 
@@ -96,6 +96,7 @@ function searchFromInputs() {
 
 function rerun() {
   if (state.last) run(state.last.search, state.last.describe);
+  refreshStrips();
 }
 
 function setStatus(message, isError = false) {
@@ -154,13 +155,35 @@ function viewProduct(hit) {
   const id = hit.product_id || hit.media_id;
   run((opts) => searchSimilar(id, opts), `like “${hit.title || id}”`);
   if (hit.product_id) showTogether(hit.product_id, hit.title || hit.product_id);
-  else $("together").hidden = true;
+  else {
+    state.product = null;
+    $("together").hidden = true;
+  }
   window.scrollTo({ top: 0, behavior: "smooth" });
 }
 
 // -- recommendation strips ----------------------------------------------------------------
 
 const STRIP_K = 8;
+
+// The strips take the page's filters (tags, catalog attributes, price) as the recommend API's `where`;
+// "photo or video" is about media, not products, and stays with search.
+function stripQuery() {
+  const opts = options();
+  const params = new URLSearchParams({ k: String(STRIP_K) });
+  for (const [field, value] of Object.entries(opts.filters)) {
+    if (field !== "kind") params.append("where", `${field}=${value}`);
+  }
+  if (opts.price_min !== null) params.append("where", `price>=${opts.price_min}`);
+  if (opts.price_max !== null) params.append("where", `price<=${opts.price_max}`);
+  return params;
+}
+
+// Filters changed: the strips on show follow them.
+function refreshStrips() {
+  if (state.product) showTogether(state.product.id, state.product.title);
+  if (state.shopper) showPicks(state.shopper);
+}
 
 // Picks carry what a search hit shows, plus why each was picked; no media id, so no video moment.
 function pickCard(pick) {
@@ -180,8 +203,9 @@ function fillStrip(id, about, result, error) {
 }
 
 async function showTogether(productId, title) {
+  state.product = { id: productId, title };
   try {
-    const result = await call(`/api/recommend/together/${encodeURIComponent(productId)}?k=${STRIP_K}`);
+    const result = await call(`/api/recommend/together/${encodeURIComponent(productId)}?${stripQuery()}`);
     fillStrip("together", `with “${title}”`, result);
   } catch (err) {
     fillStrip("together", `with “${title}”`, null, err);
@@ -189,12 +213,13 @@ async function showTogether(productId, title) {
 }
 
 async function showPicks(user) {
+  state.shopper = user || null;
   if (!user) {
     $("picked").hidden = true;
     return;
   }
   try {
-    const result = await call(`/api/recommend/user/${encodeURIComponent(user)}?k=${STRIP_K}`);
+    const result = await call(`/api/recommend/user/${encodeURIComponent(user)}?${stripQuery()}`);
     fillStrip("picked", `for ${user}`, result);
   } catch (err) {
     fillStrip("picked", `for ${user}`, null, err);
