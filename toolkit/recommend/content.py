@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from store.chroma import ChromaStore
+    from store.base import VectorStore
 
 
 @dataclass
@@ -34,7 +34,7 @@ def normalise_rows(matrix: np.ndarray) -> np.ndarray:
     return (matrix / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
-def from_store(store: "ChromaStore") -> ItemVectors | None:
+def from_store(store: "VectorStore") -> ItemVectors | None:
     """The mean image vector of each product's media in the store (None when no media names a product)."""
     sums: dict[str, np.ndarray] = {}
     for record in store.get(include_embeddings=True):
