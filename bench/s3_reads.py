@@ -9,9 +9,9 @@ the whole `tag` over S3 runs with each candidate as the S3 connector, the embedd
 between runs, and each run is divided by the embedder-alone runs on either side (s3_ratio, as
 bench/ingest.py does). Candidates run in turn within each repeat, so they share the load.
 
-Candidates: "boto3" (connectors.s3 as shipped), "obstore" (obstore's Rust client fed by boto3's
-credential chain; skipped when obstore is not importable), and "old" (any older
-connectors/s3.py given by --old, e.g. the hand-signed GET this replaced).
+Candidates: the shipped connectors/s3.py reading objects with "boto3" and with "obstore" (its Rust
+client fed by boto3's credential chain; skipped when obstore is not installed), and "old" (any
+older connectors/s3.py given by --old, e.g. the hand-signed GET it replaced).
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Callable
 
 import numpy as np
 
@@ -28,60 +30,14 @@ from common import RESULTS, machine, say  # noqa: E402
 from ingest import _spread, cpu_s, cpu_seconds, embedder, embedder_alone, s3_bucket, stop, tag_run  # noqa: E402
 
 
-class ObstoreConnector:
-    """The S3 connector's list/read over obstore (for measuring only: errors are not translated)."""
+def candidates(old: str | None) -> dict[str, Callable]:
+    """name -> factory(endpoint_url=, region=) of a connector."""
+    from connectors.s3 import S3Connector, obstore_installed
 
-    schemes = frozenset({"s3"})
-
-    def __init__(self, endpoint_url: str | None = None, region: str | None = None) -> None:
-        self.endpoint_url, self.region, self._stores = endpoint_url, region or "us-east-1", {}
-
-    def _store(self, bucket: str):
-        if bucket not in self._stores:
-            from obstore.auth.boto3 import Boto3CredentialProvider
-            from obstore.store import S3Store
-
-            extra = {"endpoint": self.endpoint_url, "virtual_hosted_style_request": False,
-                     "client_options": {"allow_http": True}} if self.endpoint_url else {}
-            self._stores[bucket] = S3Store(bucket, region=self.region, credential_provider=Boto3CredentialProvider(),
-                                           **extra)
-        return self._stores[bucket]
-
-    def check(self, uri: str) -> None:
-        pass
-
-    def list(self, uri: str):
-        import obstore
-
-        from connectors.s3 import parse_s3_uri
-        from toolkit.ground.models import MediaRef
-
-        bucket, prefix = parse_s3_uri(uri)
-        for batch in obstore.list(self._store(bucket), prefix=prefix or None):
-            for obj in batch:
-                key = obj["path"]
-                rel = key[len(prefix):].lstrip("/") if prefix and key.startswith(prefix) else key
-                yield MediaRef(uri=f"s3://{bucket}/{key}", key=rel, size=obj["size"],
-                               fingerprint=(obj.get("e_tag") or "").strip('"') or None)
-
-    def read(self, ref) -> bytes:
-        import obstore
-
-        from connectors.s3 import parse_s3_uri
-
-        bucket, key = parse_s3_uri(ref.uri)
-        return obstore.get(self._store(bucket), key).bytes().to_bytes()
-
-
-def candidates(old: str | None) -> dict[str, type]:
-    from connectors.s3 import S3Connector
-
-    out: dict[str, type] = {"boto3": S3Connector}
-    try:
-        import obstore  # noqa: F401
-
-        out["obstore"] = ObstoreConnector
-    except ImportError:
+    out: dict[str, Callable] = {"boto3": partial(S3Connector, reader="boto3")}
+    if obstore_installed():
+        out["obstore"] = partial(S3Connector, reader="obstore")
+    else:
         say("obstore is not importable: measuring without it")
     if old:
         spec = importlib.util.spec_from_file_location("old_s3", old)
@@ -143,6 +99,37 @@ def run(photos: int, repeats: int, tag: bool, old: str | None) -> dict:
     return out
 
 
+def perf_update(result: dict, choice: str, path=RESULTS / "perf.json") -> dict:
+    """Put the chosen client's `tag` over S3 into perf.json's ingest figures (the keys
+    bench/ingest.py writes and bench/run_all.py reads), saying where they came from."""
+    names, alone = list(result["tag_s3"]), result["embedder_alone"]
+    # Tag runs went repeat by repeat, candidate by candidate, each followed by an embedder-alone run.
+    limits = [np.mean([alone[k]["images_per_s"], alone[k + 1]["images_per_s"]]) for k in range(len(alone) - 1)]
+    mine = [k for k in range(len(limits)) if names[k % len(names)] == choice]
+    runs = result["tag_s3"][choice]["runs"]
+    cpus = result["machine"].get("cpus") or os.cpu_count() or 1
+    base = float(np.median([a["cpu_ms_per_image"] for a in alone]))
+    with open(path) as f:
+        perf = json.load(f)
+    ing = perf["ingest"]
+    ing["tag_s3"] = {"images_per_s": _spread([r["images_per_s"] for r in runs])["p50"],
+                     "seconds": _spread([r["seconds"] for r in runs])["p50"],
+                     "spread": {k: _spread([r[k] for r in runs]) for k in runs[0]}, "runs": runs}
+    ratios = [r["images_per_s"] / limits[k] for r, k in zip(runs, mine)]
+    freed = [result["photos"] / (r["seconds"] - r["server_cpu_s"] / cpus) / limits[k] for r, k in zip(runs, mine)]
+    ing["s3_ratio"], ing["s3_ratio_spread"] = round(float(np.median(ratios)), 3), _spread(ratios)
+    ing["s3_ratio_without_server_cpu"] = round(float(np.median(freed)), 3)
+    ing["s3_server_cpu_s"] = _spread([r["server_cpu_s"] for r in runs])["p50"]
+    ing.setdefault("pipeline_cpu_share", {})["s3"] = round(
+        1 - base / ing["tag_s3"]["spread"]["cpu_ms_per_image"]["p50"], 3)
+    ing["s3_measured"] = (f"S3 figures: client {choice}, bench/s3_reads.py --tag at {result['at']} on "
+                          f"{result['machine'].get('cpu', '?')} (the rest of ingest: an earlier run)")
+    with open(path, "w") as f:
+        json.dump(perf, f, indent=1)
+        f.write("\n")
+    return ing
+
+
 def table(result: dict) -> str:
     rows = [f"{'client':8} {'objects/s':>10} {'client CPU ms/obj':>18} {'server CPU s':>13}"
             + (f" {'tag img/s':>10} {'s3_ratio':>9}" if "tag_s3" in result else "")]
@@ -162,8 +149,16 @@ if __name__ == "__main__":
     ap.add_argument("--tag", action="store_true", help="also time `toolkit tag` over S3 with each candidate")
     ap.add_argument("--old", help="an older connectors/s3.py to measure alongside")
     ap.add_argument("--out", default=str(RESULTS / "s3_reads.json"))
+    ap.add_argument("--from-json", help="report (and --perf) a result written before instead of measuring")
+    ap.add_argument("--perf", help="the candidate whose tag-over-S3 figures go into bench/results/perf.json")
     a = ap.parse_args()
-    result = run(a.photos, a.repeats, a.tag, a.old)
+    if a.from_json:
+        with open(a.from_json) as f:
+            result = json.load(f)
+    else:
+        result = run(a.photos, a.repeats, a.tag, a.old)
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
     print(table(result))
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
+    if a.perf:
+        perf_update(result, a.perf)

@@ -101,13 +101,7 @@ class S3Connector:
     def read(self, ref: MediaRef) -> bytes:
         bucket, key = parse_s3_uri(ref.uri)
         if self.reader == "obstore":
-            import obstore
-
-            store = self._store(bucket)
-            try:
-                return obstore.get(store, key).bytes().to_bytes()
-            except Exception as exc:
-                raise MediaError(f"{ref.uri}: cannot download ({_describe_obstore(exc, self.endpoint_url)})") from exc
+            return self._read_obstore(ref, bucket, key)
         try:
             body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
             try:
@@ -116,6 +110,15 @@ class S3Connector:
                 body.close()
         except Exception as exc:
             raise MediaError(f"{ref.uri}: cannot download ({_describe(exc)})") from exc
+
+    def _read_obstore(self, ref: MediaRef, bucket: str, key: str) -> bytes:
+        import obstore
+
+        store = self._store(bucket)
+        try:
+            return obstore.get(store, key).bytes().to_bytes()
+        except Exception as exc:
+            raise MediaError(f"{ref.uri}: cannot download ({_describe_obstore(exc, self.endpoint_url)})") from exc
 
     def _store(self, bucket: str):
         """obstore's client for one bucket, with boto3's credentials, region and addressing."""
@@ -127,7 +130,7 @@ class S3Connector:
 
         client = self.client  # boto3's session: its credential chain and region
         if self._session.get_credentials() is None:
-            _describe(_no_credentials())
+            raise ConfigError(NO_CREDENTIALS)
         style = self.addressing_style or "auto"
         if style == "auto":  # as boto3 does: path style for an endpoint override or a dotted bucket
             style = "path" if self.endpoint_url or "." in bucket else "virtual"
@@ -149,15 +152,11 @@ class S3Connector:
                                                   ExpiresIn=expires)
 
 
+NO_CREDENTIALS = ("no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
+                  "in the environment or .env")
 #: S3's answers when it wants the client to slow down (after boto3's retries have run out).
 THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                        "TooManyRequestsException", "503"})
-
-
-def _no_credentials() -> Exception:
-    from botocore.exceptions import NoCredentialsError
-
-    return NoCredentialsError()
 
 
 def _describe_obstore(exc: Exception, endpoint_url: str | None) -> str:
@@ -184,8 +183,7 @@ def _describe(exc: Exception) -> str:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):
-        raise ConfigError("no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                          "(or AWS_PROFILE) in the environment or .env") from exc
+        raise ConfigError(NO_CREDENTIALS) from exc
     if isinstance(exc, EndpointConnectionError):
         return f"cannot reach {exc.kwargs.get('endpoint_url', 'the endpoint')}; check TOOLKIT_S3_ENDPOINT_URL"
     if isinstance(exc, ClientError):
