@@ -8,15 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from connectors.local import LocalConnector
-from connectors.s3 import RETRIES, S3Connector, obstore_installed
+from connectors.s3 import RETRIES, S3Connector
 from tests.helpers import free_port
 from toolkit.ground.errors import ConfigError, MediaError, SourceError
 from toolkit.ground.models import MediaRef
-
-
-#: Each S3 reader, where a test is about reading objects.
-READERS = ["boto3", pytest.param("obstore", marks=pytest.mark.skipif(not obstore_installed(),
-                                                                      reason="obstore is not installed"))]
 
 
 def test_local_skips_hidden_files_and_folders(tmp_path):
@@ -46,31 +41,17 @@ def test_s3_uri_without_a_bucket_says_how_to_write_it(s3_server):
         list(S3Connector(endpoint_url=s3_server).list("s3:///nobucket"))
 
 
-@pytest.mark.parametrize("reader", READERS)
-def test_s3_keys_that_need_escaping_read_back_and_a_missing_key_names_it(s3, s3_server, reader):
+def test_s3_keys_that_need_escaping_read_back_and_a_missing_key_names_it(s3, s3_server):
     s3.create_bucket(Bucket="escaped")
     keys = ["plain.jpg", "with space/and+plus.jpg", "ünïcode/%25 ~tilde.jpg", "a=b&c.jpg"]
     for i, key in enumerate(keys):
         s3.put_object(Bucket="escaped", Key=key, Body=bytes([i]) * (1000 + i))
-    conn = S3Connector(endpoint_url=s3_server, reader=reader)
+    conn = S3Connector(endpoint_url=s3_server)
     refs = list(conn.list("s3://escaped/"))
     assert sorted(r.key for r in refs) == sorted(keys)
     assert {r.key: conn.read(r) for r in refs} == {k: bytes([i]) * (1000 + i) for i, k in enumerate(keys)}
     with pytest.raises(MediaError, match="s3://escaped/missing.jpg: cannot download .*NoSuchKey"):
         conn.read(MediaRef(uri="s3://escaped/missing.jpg", key="missing.jpg"))
-
-
-def test_obstore_reads_follow_the_same_addressing_and_retries():
-    if not obstore_installed():
-        pytest.skip("obstore is not installed")
-    config = S3Connector(endpoint_url="http://127.0.0.1:9")._store("shop-media").config
-    assert (config["endpoint"], config["virtual_hosted_style_request"]) == ("http://127.0.0.1:9", "false")
-    assert S3Connector(region="eu-west-1")._store("shop-media").config["virtual_hosted_style_request"] == "true"
-    path = S3Connector(region="eu-west-1", addressing_style="path")._store("shop-media").config
-    assert path["virtual_hosted_style_request"] == "false" and path["region"] == "eu-west-1"
-    virtual = S3Connector(endpoint_url="http://minio.local:9000", addressing_style="virtual")._store("shop-media")
-    assert virtual.config["endpoint"] == "http://shop-media.minio.local:9000"
-    assert virtual.retry_config["max_retries"] == RETRIES["total_max_attempts"] - 1
 
 
 def sent_to(conn: S3Connector) -> str:
@@ -81,7 +62,6 @@ def sent_to(conn: S3Connector) -> str:
         seen.append(request.url)
         raise RuntimeError("not sent")
 
-    conn.reader = "boto3"
     conn.client.meta.events.register("before-send.s3.GetObject", catch)
     with pytest.raises(MediaError):
         conn.read(MediaRef(uri="s3://shop-media/k.jpg", key="k.jpg"))
@@ -121,14 +101,13 @@ class _SlowDown(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("reader", READERS)
-def test_s3_throttling_is_retried_by_the_client_then_named_in_one_line(reader):
+def test_s3_throttling_is_retried_by_boto3_then_named_in_one_line():
     _SlowDown.calls = 0
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _SlowDown)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         conn = S3Connector(endpoint_url=f"http://127.0.0.1:{server.server_port}", region="us-east-1",
-                           retries={"total_max_attempts": 3, "mode": "standard"}, reader=reader)
+                           retries={"total_max_attempts": 3, "mode": "standard"})
         with pytest.raises(MediaError) as info:
             conn.read(MediaRef(uri="s3://busy/a.jpg", key="a.jpg"))
     finally:
@@ -136,17 +115,16 @@ def test_s3_throttling_is_retried_by_the_client_then_named_in_one_line(reader):
         server.server_close()
     assert str(info.value) == ("s3://busy/a.jpg: cannot download (SlowDown: S3 kept throttling after 3 tries; "
                                "run again later, or tag fewer items at once)")
-    assert _SlowDown.calls == 3  # the client's own retries, no loop of ours
+    assert _SlowDown.calls == 3  # boto3's own retries, no loop of ours
 
 
-@pytest.mark.parametrize("reader", READERS)
-def test_s3_without_credentials_says_how_to_set_them(s3_server, monkeypatch, tmp_path, reader):
+def test_s3_without_credentials_says_how_to_set_them(s3_server, monkeypatch, tmp_path):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    conn = S3Connector(endpoint_url=s3_server, region="us-east-1", reader=reader)
+    conn = S3Connector(endpoint_url=s3_server, region="us-east-1")
     with pytest.raises(ConfigError, match="no AWS credentials found; set AWS_ACCESS_KEY_ID") as info:
         conn.check("s3://any/")
     assert "\n" not in str(info.value)

@@ -1,6 +1,5 @@
 """What every connector promises (connectors/base.py), checked on each backend: a local folder,
-and a bucket on moto's S3 server, its objects read by each S3 reader (obstore, when installed,
-and boto3), listed by the real boto3 client.
+and a bucket on moto's S3 server through the real boto3 client.
 
 Each backend gets the same tree of objects through `Backend.put`, and its source URI; what is
 particular to one backend (hidden files, pages, S3 URIs) stays in tests/test_connectors.py.
@@ -55,26 +54,22 @@ def local_backend(tmp_path) -> Backend:
                    lambda key: (root / key).as_uri(), str(tmp_path / "nope"), "no such folder")
 
 
-def s3_backend(request, tmp_path, reader: str) -> Backend:
-    from connectors.s3 import S3Connector, obstore_installed
-
-    if reader == "obstore" and not obstore_installed():
-        pytest.skip("obstore is not installed: S3 objects are read with boto3")
+def s3_backend(request, tmp_path) -> Backend:
+    from connectors.s3 import S3Connector
 
     s3_server, s3 = request.getfixturevalue("s3_server"), request.getfixturevalue("s3")
     bucket = f"contract-{tmp_path.name.lower().replace('_', '-')[-40:]}"
     s3.create_bucket(Bucket=bucket)
     prefix = "catalog/2024/"
-    return Backend(f"s3-{reader}", S3Connector(endpoint_url=s3_server, reader=reader), f"s3://{bucket}/{prefix}",
+    return Backend("s3", S3Connector(endpoint_url=s3_server), f"s3://{bucket}/{prefix}",
                    lambda key, data: s3.put_object(Bucket=bucket, Key=prefix + key, Body=data),
                    lambda key: s3.delete_object(Bucket=bucket, Key=prefix + key),
                    lambda key: f"s3://{bucket}/{prefix}{key}", "s3://does-not-exist/x/", "no such bucket")
 
 
-@pytest.fixture(params=["local", "s3-boto3", "s3-obstore"])
+@pytest.fixture(params=["local", "s3"])
 def backend(request, tmp_path) -> Backend:
-    made = (local_backend(tmp_path) if request.param == "local"
-            else s3_backend(request, tmp_path, request.param.split("-")[1]))
+    made = local_backend(tmp_path) if request.param == "local" else s3_backend(request, tmp_path)
     for key, data in TREE.items():
         made.put(key, data)
     return made
