@@ -40,7 +40,7 @@ class Backend:
     fake: Any = None                            #: the service's local server, for cloud backends
     tries: int | None = None                    #: calls for an item that keeps failing
     refuse: Callable[[Media], str] | None = None       #: the service refuses it: what the error says
-    unmapped: tuple[Callable[[Media], bool], set] | None = None  #: (is such an item, pairs kept)
+    unmapped: tuple[Callable[[], Media], set] | None = None  #: (an item labelled unmappably, pairs kept)
     bad_key: Callable[[], Tagger] | None = None
     bad_key_setting: str = ""
     secret: str = ""
@@ -103,7 +103,8 @@ def azure_backend(request) -> Backend:
     return Backend(
         "azure", make, lambda n, start=0: [image_media(p) for p in paths[start:start + n]], frozenset({"image"}),
         fail_always, fake=fake, tries=4, refuse=refuse,
-        unmapped=(lambda m: product_label(m.data) == "zorblax", {(UNMAPPED_GROUP, "zorblax")}),
+        unmapped=(lambda: next(image_media(p) for p in paths if product_label(p.read_bytes()) == "zorblax"),
+                  {(UNMAPPED_GROUP, "zorblax")}),
         bad_key=lambda: AzureCustomVisionTagger(fake.endpoint, "wrong-secret-key-123", fake.project_id,
                                                 fake.iteration, rate=200.0, concurrency=4, retry=FAST),
         bad_key_setting="TOOLKIT_AZURE_CV_PREDICTION_KEY", secret="wrong-secret-key-123",
@@ -135,6 +136,15 @@ def gcp_backend(request) -> Backend:
         fake.fail_always(media.data, "bad_video")
         return "INVALID_ARGUMENT: Invalid video content: unsupported codec (fake)."
 
+    def unmapped() -> Media:
+        """A video the fake labels "zorblax": among the fixture's, else among more variants."""
+        from tests.helpers import write_mp4
+
+        more = (write_mp4(colours=((200, 30, 30), (20, 20, 20), (40, 200, 60 + 7 * i)), seconds_each=1.0, fps=5,
+                          size=32) for i in range(40))
+        data = next(v for v in (*videos, *more) if analyse(v).label == "zorblax")
+        return video_media(data, "unmapped.mp4", duration=3.0, frame_times=(0.5, 1.5, 2.5))
+
     def bad_key() -> VideoIntelligenceTagger:
         fake.reject_key = True
         return make()
@@ -145,7 +155,7 @@ def gcp_backend(request) -> Backend:
 
     return Backend(
         "gcp", make, items, frozenset({"video"}), fail_always, fake=fake, tries=4, refuse=refuse,
-        unmapped=(lambda m: analyse(m.data).label == "zorblax", {(UNMAPPED_GROUP, "zorblax"), ("category", "gizmo")}),
+        unmapped=(unmapped, {(UNMAPPED_GROUP, "zorblax"), ("category", "gizmo")}),
         bad_key=bad_key, bad_key_setting="GOOGLE_APPLICATION_CREDENTIALS",
         throttle_faults=("throttle", "unavailable", "internal", "malformed", "poll_unavailable"),
         stalled=lambda: make(rpc_timeout=0.4), rate_case=rate_case)
@@ -203,9 +213,8 @@ def test_an_item_the_service_refuses_is_reported_without_retrying(backend):
 
 def test_labels_no_mapping_knows_are_kept_as_they_are(backend):
     backend.needs_service()
-    is_unmapped, kept = backend.unmapped
-    media = next(m for m in backend.items(40, 0) if is_unmapped(m))
-    [res] = backend.make().tag([media])
+    make_item, kept = backend.unmapped
+    [res] = backend.make().tag([make_item()])
     assert kept <= pairs(res)
 
 
