@@ -1,4 +1,5 @@
-"""The Azure Custom Vision tagger, with the real SDK talking to a fake server on 127.0.0.1."""
+"""The Azure Custom Vision tagger, with the real SDK talking to a fake server on 127.0.0.1: what is
+particular to it (what every tagger does is in tests/contracts/test_tagger_contract.py)."""
 from __future__ import annotations
 
 import io
@@ -35,76 +36,15 @@ def mapped(data: bytes, threshold: float = 0.5) -> set[tuple[str, str]]:
             for pair in mapping.map("azure", t["tagName"])}
 
 
-def test_tags_land_on_the_right_items(azure_cv, photo_paths):
+def test_each_item_gets_the_mapped_labels_the_service_gave_it(azure_cv, photo_paths):
+    """One result per item, the provider and the groups: tests/contracts/test_tagger_contract.py."""
     items = [image_media(p) for p in photo_paths[:12]]
     results = by_key(make_tagger(azure_cv).tag(items))
-    assert set(results) == {m.ref.key for m in items}
     for media in items:
         res = results[media.ref.key]
-        assert res.error is None and res.provider == "azure"
         assert {(t.group, t.label) for t in res.tags} == mapped(media.data)
-        assert all(t.provider == "azure" and t.box is None for t in res.tags)
+        assert all(t.box is None for t in res.tags)
     assert azure_cv.calls[0].path.endswith("/image/nostore")  # predictions not kept by default
-
-
-def test_unmapped_provider_labels_are_kept_as_they_are(azure_cv, photo_paths):
-    from tests.fakes.azure_cv_server import product_label
-
-    media = next(image_media(p) for p in photo_paths if product_label(p.read_bytes()) == "zorblax")
-    [res] = make_tagger(azure_cv).tag([media])
-    assert ("label", "zorblax") in {(t.group, t.label) for t in res.tags}
-
-
-def test_thirty_percent_throttled_or_failing_once_still_tags_every_item(azure_cv, photo_paths):
-    items = [image_media(p) for p in photo_paths[:60]]
-    azure_cv.fault_share(0.3, ("throttle", "error", "unavailable", "drop", "malformed"))
-    faulted = [m for m in items if azure_cv.faulted_first_time(m.data)]
-    assert 10 <= len(faulted) <= 30  # the share is picked by hash: about 18 of 60
-
-    tagger = make_tagger(azure_cv)
-    results = by_key(tagger.tag(items))
-
-    assert all(r.error is None and r.tags for r in results.values())
-    for media in items:
-        assert len(azure_cv.calls_for(media.data)) == (2 if media in faulted else 1)
-    stats = tagger.stats.as_dict()
-    assert stats["calls"] == len(items) + len(faulted) == len(azure_cv.calls)
-    assert stats["retries"] == len(faulted)
-    throttled = sum(1 for c in azure_cv.calls if c.fault == "throttle")
-    assert stats["throttled"] == throttled
-
-
-def test_an_item_that_keeps_failing_is_reported_and_nothing_else_is_lost(azure_cv, photo_paths):
-    items = [image_media(p) for p in photo_paths[:10]]
-    bad = items[3]
-    azure_cv.fail_always(bad.data, "error")
-    results = by_key(make_tagger(azure_cv).tag(items))
-
-    assert results[bad.ref.key].error == (
-        "500 InternalServerError: An unexpected error occurred (fake). (gave up after 4 tries)")
-    assert results[bad.ref.key].tags == []
-    assert len(azure_cv.calls_for(bad.data)) == 4  # 1 + max_retries
-    assert all(r.error is None and r.tags for k, r in results.items() if k != bad.ref.key)
-
-
-def test_a_bad_image_is_reported_without_retrying(azure_cv, photo_paths):
-    media = image_media(photo_paths[0])
-    azure_cv.fail_always(media.data, "bad_image")
-    [res] = make_tagger(azure_cv).tag([media])
-    assert "BadRequestImageFormat" in res.error
-    assert len(azure_cv.calls_for(media.data)) == 1
-
-
-def test_a_bad_key_stops_the_run_naming_the_setting(azure_cv, photo_paths):
-    items = [image_media(p) for p in photo_paths[:40]]
-    tagger = AzureCustomVisionTagger(azure_cv.endpoint, "wrong-secret-key-123", azure_cv.project_id,
-                                     azure_cv.iteration, rate=200.0, concurrency=4, retry=FAST)
-    with pytest.raises(FatalTaggerError) as info:
-        list(tagger.tag(items))
-    message = str(info.value)
-    assert "TOOLKIT_AZURE_CV_PREDICTION_KEY" in message and "\n" not in message
-    assert "wrong-secret-key-123" not in message
-    assert len(azure_cv.calls) <= 8  # stopped at once: 4 threads, only calls already under way
 
 
 @pytest.mark.parametrize("field, setting", [("project_id", "TOOLKIT_AZURE_CV_PROJECT_ID"),
@@ -173,31 +113,6 @@ def test_retry_after_is_honoured(azure_cv, photo_paths):
     first, second = azure_cv.calls_for(media.data)
     assert res.error is None
     assert second.time - first.time >= 0.95  # the service asked for 1 s
-
-
-def test_a_stalled_call_times_out_and_is_retried(azure_cv, photo_paths):
-    azure_cv.stall_seconds = 2.0
-    media = image_media(photo_paths[1])
-    azure_cv.fail_once(media.data, "stall")
-    [res] = make_tagger(azure_cv, timeout=0.4).tag([media])
-    assert res.error is None
-    assert len(azure_cv.calls_for(media.data)) == 2
-
-
-def test_calls_stay_within_the_configured_rate(azure_cv, photo_paths):
-    items = [image_media(p) for p in photo_paths[100:140]]
-    rate = 25.0
-    tagger = make_tagger(azure_cv, rate=rate, concurrency=8)
-    results = list(tagger.tag(items))
-    assert all(r.error is None for r in results)
-    times = azure_cv.call_times()
-    elapsed = times[-1] - times[0]
-    assert len(times) == tagger.calls == 40
-    # Counted at the server: never more than rate x elapsed, +1 for the bucket's first token,
-    # +2 for when the first and last calls happened to arrive.
-    assert len(times) <= rate * elapsed + 3
-    assert max(sum(1 for t in times if s <= t < s + 1.0) for s in times) <= rate + 3
-    assert tagger.limiter.max_in_window(1.0) <= rate + 1  # and as the tagger sent them
 
 
 def test_settings_name_every_missing_variable():

@@ -1,56 +1,30 @@
-"""Connectors list recursively and lazily, in pages for S3, and read one object at a time."""
+"""What is particular to each connector; what every connector does is in
+tests/contracts/test_connector_contract.py."""
 from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from connectors.local import LocalConnector
-from connectors.s3 import S3Connector
-from toolkit.ground.errors import MediaError, SourceError
+from connectors.s3 import RETRIES, S3Connector
+from tests.helpers import free_port
+from toolkit.ground.errors import ConfigError, MediaError, SourceError
+from toolkit.ground.models import MediaRef
 
 
-@pytest.fixture
-def tree(tmp_path):
+def test_local_skips_hidden_files_and_folders(tmp_path):
     root = tmp_path / "media"
-    (root / "shoes" / "men").mkdir(parents=True)
-    (root / ".hidden").mkdir()
+    (root / ".hidden").mkdir(parents=True)
     (root / "a.jpg").write_bytes(b"A")
+    (root / "shoes").mkdir()
     (root / "shoes" / "b.jpg").write_bytes(b"BB")
-    (root / "shoes" / "men" / "c.mp4").write_bytes(b"CCC")
     (root / ".hidden" / "d.jpg").write_bytes(b"D")
     (root / ".DS_Store").write_bytes(b"x")
-    return root
-
-
-def upload_tree(s3, bucket: str, root, prefix: str) -> None:
-    s3.create_bucket(Bucket=bucket)
-    for path in root.rglob("*"):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file() and not any(p.startswith(".") for p in rel.split("/")):
-            s3.put_object(Bucket=bucket, Key=f"{prefix}{rel}", Body=path.read_bytes())
-
-
-def test_local_lists_recursively_with_keys_relative_to_root(tree):
-    refs = list(LocalConnector().list(str(tree)))
-    assert [r.key for r in refs] == ["a.jpg", "shoes/b.jpg", "shoes/men/c.mp4"]
-    assert refs[1].uri == (tree / "shoes" / "b.jpg").as_uri()
-    assert refs[1].size == 2 and refs[1].fingerprint.startswith("2:")
-    assert LocalConnector().read(refs[2]) == b"CCC"
-
-
-def test_local_missing_folder_says_so(tmp_path):
-    with pytest.raises(SourceError, match="no such folder"):
-        list(LocalConnector().list(str(tmp_path / "nope")))
-
-
-def test_s3_and_local_list_the_same_keys_and_bytes(tree, s3, s3_server):
-    upload_tree(s3, "same-keys", tree, "catalog/2024/")
-    conn = S3Connector(endpoint_url=s3_server)
-    s3_refs = list(conn.list("s3://same-keys/catalog/2024/"))
-    local_refs = list(LocalConnector().list(str(tree)))
-    assert [r.key for r in s3_refs] == [r.key for r in local_refs]
-    assert s3_refs[0].uri == "s3://same-keys/catalog/2024/a.jpg"
-    assert [conn.read(r) for r in s3_refs] == [LocalConnector().read(r) for r in local_refs]
-    assert all(r.fingerprint for r in s3_refs)  # the ETag: change detection without a download
+    refs = list(LocalConnector().list(str(root)))
+    assert [r.key for r in refs] == ["a.jpg", "shoes/b.jpg"]
+    assert refs[1].fingerprint.startswith("2:")  # size:mtime
 
 
 def test_s3_listing_follows_pages(s3, s3_server):
@@ -62,40 +36,105 @@ def test_s3_listing_follows_pages(s3, s3_server):
     assert len(keys) == 1105 and keys[0] == "00000.jpg" and keys[-1] == "01104.jpg"
 
 
-def test_s3_errors_are_one_line_with_what_to_do(s3, s3_server):
-    conn = S3Connector(endpoint_url=s3_server)
-    with pytest.raises(SourceError, match="no such bucket"):
-        list(conn.list("s3://does-not-exist/x/"))
-    s3.create_bucket(Bucket="gone")
-    from toolkit.ground.models import MediaRef
-
-    with pytest.raises(MediaError, match="s3://gone/missing.jpg: cannot download"):
-        conn.read(MediaRef(uri="s3://gone/missing.jpg", key="missing.jpg"))
+def test_s3_uri_without_a_bucket_says_how_to_write_it(s3_server):
     with pytest.raises(SourceError, match="write it as s3://bucket/prefix"):
-        list(conn.list("s3:///nobucket"))
+        list(S3Connector(endpoint_url=s3_server).list("s3:///nobucket"))
 
 
-def test_s3_reads_take_the_signed_get_and_match_boto3(s3, s3_server):
-    """Keys that need escaping, and a missing key: the signed GET reads what boto3 reads, and a
-    failure it cannot serve goes to boto3 (its error message) without turning the path off."""
-    from toolkit.ground.models import MediaRef
-
-    s3.create_bucket(Bucket="signed")
+def test_s3_keys_that_need_escaping_read_back_and_a_missing_key_names_it(s3, s3_server):
+    s3.create_bucket(Bucket="escaped")
     keys = ["plain.jpg", "with space/and+plus.jpg", "ünïcode/%25 ~tilde.jpg", "a=b&c.jpg"]
     for i, key in enumerate(keys):
-        s3.put_object(Bucket="signed", Key=key, Body=bytes([i]) * (1000 + i))
+        s3.put_object(Bucket="escaped", Key=key, Body=bytes([i]) * (1000 + i))
     conn = S3Connector(endpoint_url=s3_server)
-    refs = list(conn.list("s3://signed/"))
+    refs = list(conn.list("s3://escaped/"))
     assert sorted(r.key for r in refs) == sorted(keys)
-    assert [conn.read(r) for r in refs] == [S3Connector(endpoint_url=s3_server, fast_get=False).read(r) for r in refs]
-    with pytest.raises(MediaError, match="NoSuchKey"):
-        conn.read(MediaRef(uri="s3://signed/missing.jpg", key="missing.jpg"))
-    assert conn._fast is not None and conn._fast._misses == 0 and conn._fast_on
+    assert {r.key: conn.read(r) for r in refs} == {k: bytes([i]) * (1000 + i) for i, k in enumerate(keys)}
+    with pytest.raises(MediaError, match="s3://escaped/missing.jpg: cannot download .*NoSuchKey"):
+        conn.read(MediaRef(uri="s3://escaped/missing.jpg", key="missing.jpg"))
+
+
+def sent_to(conn: S3Connector) -> str:
+    """The URL the connector's GetObject goes to, caught before it is sent."""
+    seen = []
+
+    def catch(request, **kwargs):
+        seen.append(request.url)
+        raise RuntimeError("not sent")
+
+    conn.client.meta.events.register("before-send.s3.GetObject", catch)
+    with pytest.raises(MediaError):
+        conn.read(MediaRef(uri="s3://shop-media/k.jpg", key="k.jpg"))
+    return seen[0]
+
+
+def test_s3_uses_boto3s_adaptive_retries_and_the_addressing_asked_for(s3_server):
+    conn = S3Connector(endpoint_url=s3_server)
+    assert conn.client.meta.config.retries == RETRIES == {"total_max_attempts": 6, "mode": "adaptive"}
+    # An endpoint override (moto, MinIO) is addressed path style; AWS virtual-host style unless told.
+    assert sent_to(conn) == f"{s3_server}/shop-media/k.jpg"
+    assert sent_to(S3Connector(region="eu-west-1")) == "https://shop-media.s3.eu-west-1.amazonaws.com/k.jpg"
+    assert sent_to(S3Connector(region="eu-west-1", addressing_style="path")) == (
+        "https://s3.eu-west-1.amazonaws.com/shop-media/k.jpg")
+    assert sent_to(S3Connector(endpoint_url="http://minio.local:9000", addressing_style="virtual")) == (
+        "http://shop-media.minio.local:9000/k.jpg")
+
+
+class _SlowDown(BaseHTTPRequestHandler):
+    """An S3 that always asks the client to slow down."""
+
+    calls = 0
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        type(self).calls += 1
+        body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                b"<Message>Please reduce your request rate.</Message></Error>")
+        self.send_response(503)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_s3_throttling_is_retried_by_boto3_then_named_in_one_line():
+    _SlowDown.calls = 0
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _SlowDown)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = S3Connector(endpoint_url=f"http://127.0.0.1:{server.server_port}", region="us-east-1",
+                           retries={"total_max_attempts": 3, "mode": "standard"})
+        with pytest.raises(MediaError) as info:
+            conn.read(MediaRef(uri="s3://busy/a.jpg", key="a.jpg"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(info.value) == ("s3://busy/a.jpg: cannot download (SlowDown: S3 kept throttling after 3 tries; "
+                               "run again later, or tag fewer items at once)")
+    assert _SlowDown.calls == 3  # boto3's own retries, no loop of ours
+
+
+def test_s3_without_credentials_says_how_to_set_them(s3_server, monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    conn = S3Connector(endpoint_url=s3_server, region="us-east-1")
+    with pytest.raises(ConfigError, match="no AWS credentials found; set AWS_ACCESS_KEY_ID") as info:
+        conn.check("s3://any/")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="no AWS credentials found"):
+        conn.read(MediaRef(uri="s3://any/a.jpg", key="a.jpg"))
 
 
 def test_unreachable_endpoint_names_the_setting():
-    from toolkit.ground.settings import Settings
     from toolkit import registry
+    from toolkit.ground.settings import Settings
 
     conn = registry.connector_for("s3://b/p", Settings(s3_endpoint_url="http://127.0.0.1:9"))
     with pytest.raises(SourceError, match="TOOLKIT_S3_ENDPOINT_URL"):

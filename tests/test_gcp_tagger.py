@@ -1,4 +1,6 @@
-"""The Google Video Intelligence tagger, with the real client on a fake gRPC server on 127.0.0.1."""
+"""The Google Video Intelligence tagger, with the real client on a fake gRPC server on 127.0.0.1: what
+is particular to it (what every tagger does is in tests/contracts/test_tagger_contract.py; the
+`videos` fixture is in tests/fakes/fixtures.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,22 +9,10 @@ from taggers.gcp_video_intelligence import VideoIntelligenceTagger
 from taggers.resilience import RetryPolicy
 from tests.fakes.fixtures import video_media
 from tests.fakes.gcp_vi_server import analyse
-from tests.helpers import write_mp4
 from toolkit.ground.errors import ConfigError, FatalTaggerError
 from toolkit.ground.settings import Settings
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
-RED, BLACK, BLUE = (200, 30, 30), (20, 20, 20), (40, 80, 200)
-
-
-@pytest.fixture(scope="module")
-def videos() -> list[bytes]:
-    """Small distinct MP4s: three one-second solid-colour scenes each (red, black, then a blue
-    that differs enough per video to change the encoded bytes)."""
-    out = [write_mp4(colours=(RED, BLACK, (40, 60 + 12 * i, 200)), seconds_each=1.0, fps=5, size=32)
-           for i in range(10)]
-    assert len(set(out)) == len(out)
-    return out
 
 
 def make_tagger(fake, **kw) -> VideoIntelligenceTagger:
@@ -69,13 +59,6 @@ def test_shot_tags_go_to_the_frames_of_their_shot(gcp_vi, videos):
     assert ("colour", "Red") in {(t.group, t.label) for t in res.frame_tags[0]}
 
 
-def test_unmapped_labels_and_categories_are_kept(gcp_vi, videos):
-    media = next(m for m in medias(videos) if analyse(m.data).label == "zorblax")
-    [res] = make_tagger(gcp_vi).tag([media])
-    pairs = {(t.group, t.label) for t in all_tags(res)}
-    assert {("label", "zorblax"), ("category", "gizmo")} <= pairs
-
-
 def test_content_is_sent_inline_and_gs_uris_by_uri(gcp_vi, videos):
     inline = medias(videos, 1)[0]
     by_uri = video_media(b"", "remote.mp4", uri="gs://catalog-videos/remote.mp4", duration=10.0)
@@ -85,46 +68,6 @@ def test_content_is_sent_inline_and_gs_uris_by_uri(gcp_vi, videos):
     [call] = gcp_vi.calls_for("gs://catalog-videos/remote.mp4")
     assert call.size < 200  # the request carried the URI, not the video
     assert results["remote.mp4"].tags  # labelled from the URI by the fake
-
-
-def test_thirty_percent_throttled_or_failing_once_still_tags_every_item(gcp_vi, videos):
-    items = medias(videos)
-    gcp_vi.fault_share(0.3, ("throttle", "unavailable", "internal", "malformed", "poll_unavailable"))
-    faulted = [m for m in items if gcp_vi.faulted_first_time(m.data)]
-    assert faulted
-    tagger = make_tagger(gcp_vi)
-    results = list(tagger.tag(items))
-    assert len(results) == len(items) and all(r.error is None and r.tags for r in results)
-    stats = tagger.stats.as_dict()
-    assert stats["retries"] == len(faulted)
-    assert stats["calls"] == len(gcp_vi.calls)  # every request and status check was counted
-
-
-def test_an_item_that_keeps_failing_is_reported_with_the_service_message(gcp_vi, videos):
-    items = medias(videos, 5)
-    bad = items[2]
-    gcp_vi.fail_always(bad.data, "op_error")
-    results = {r.ref.key: r for r in make_tagger(gcp_vi).tag(items)}
-    assert results[bad.ref.key].error == (
-        "INTERNAL: Video processing failed: the video could not be decoded (fake). (gave up after 4 tries)")
-    assert len(gcp_vi.calls_for(bad.data)) == 4
-    assert all(r.error is None and r.tags for k, r in results.items() if k != bad.ref.key)
-
-
-def test_an_invalid_video_is_reported_without_retrying(gcp_vi, videos):
-    media = medias(videos, 1)[0]
-    gcp_vi.fail_always(media.data, "bad_video")
-    [res] = make_tagger(gcp_vi).tag([media])
-    assert res.error == "INVALID_ARGUMENT: Invalid video content: unsupported codec (fake)."
-    assert len(gcp_vi.calls_for(media.data)) == 1
-
-
-def test_rejected_credentials_stop_the_run_naming_the_setting(gcp_vi, videos):
-    gcp_vi.reject_key = True
-    with pytest.raises(FatalTaggerError) as info:
-        list(make_tagger(gcp_vi).tag(medias(videos)))
-    assert "GOOGLE_APPLICATION_CREDENTIALS" in str(info.value) and "\n" not in str(info.value)
-    assert len(gcp_vi.calls) <= 8
 
 
 def test_a_disabled_api_stops_the_run(gcp_vi, videos):
@@ -172,29 +115,6 @@ def test_an_operation_that_never_finishes_times_out(gcp_vi, videos):
     assert "TOOLKIT_GCP_TIMEOUT" in res.error
     assert len(gcp_vi.calls_for(media.data)) == 1  # not started again: it may still be running
     assert len(gcp_vi.calls_for(media.data, "GetOperation")) >= 2  # polled until the deadline
-
-
-def test_a_stalled_request_times_out_and_is_retried(gcp_vi, videos):
-    gcp_vi.stall_seconds = 2.0
-    media = medias(videos, 1)[0]
-    gcp_vi.fail_once(media.data, "stall")
-    [res] = make_tagger(gcp_vi, rpc_timeout=0.4).tag([media])
-    assert res.error is None
-    assert len(gcp_vi.calls_for(media.data)) == 2
-
-
-def test_requests_and_status_checks_stay_within_the_rate(gcp_vi, videos):
-    rate = 20.0
-    gcp_vi.polls_to_finish = 2
-    tagger = make_tagger(gcp_vi, rate=rate, concurrency=6)
-    results = list(tagger.tag(medias(videos)))
-    assert all(r.error is None for r in results)
-    times = gcp_vi.call_times()
-    assert len(times) == tagger.calls == 30  # 10 annotations + 20 status checks
-    # Counted at the server: +1 for the bucket's first token, +2 for when the first and last
-    # calls happened to arrive (the first one also opens the connection).
-    assert len(times) <= rate * (times[-1] - times[0]) + 3
-    assert tagger.limiter.max_in_window(1.0) <= rate + 1  # and as the tagger sent them
 
 
 def test_billable_minutes_are_rounded_up_per_video():

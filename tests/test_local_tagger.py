@@ -1,29 +1,20 @@
 """The local tagger on real photos, through the Tagger protocol."""
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 
 import numpy as np
 import pytest
 
-from taggers.base import Tagger
 from taggers.clip_local import LocalTagger
+from tests.fakes.fixtures import embedded_media
 from tests.model_fixtures import offline, photo, shared_data  # noqa: F401 - fixtures
 from toolkit.ground.errors import ConfigError
-from toolkit.ground.models import Frame, Media, MediaRef
+from toolkit.ground.models import Media
 
 
 def as_media(offline, images, kind="image", stamps=None) -> Media:
-    buf = io.BytesIO()
-    images[0].save(buf, format="JPEG")
-    data = buf.getvalue()
-    frames = [Frame(im, t) for im, t in zip(images, stamps or [None] * len(images))]
-    embeddings, features = offline.embed_images_with_features(images)  # as the pipeline fills them
-    return Media(ref=MediaRef(uri=f"file:///x/{kind}", key=kind), data=data, kind=kind,
-                 sha256=hashlib.sha256(data).hexdigest(), mime="image/jpeg", frames=frames,
-                 embeddings=embeddings, features=features)
+    return embedded_media(offline, images, kind=kind, stamps=stamps)
 
 
 def by_group(tags) -> dict[str, str]:
@@ -35,9 +26,8 @@ def tagger(offline) -> LocalTagger:
     return LocalTagger(offline, vocabulary=None, threshold=0.2)
 
 
-def test_is_a_tagger_for_images_and_videos(tagger) -> None:
-    assert isinstance(tagger, Tagger)
-    assert tagger.name == "local" and tagger.media_types == {"image", "video"}
+def test_knows_the_catalog_groups(tagger) -> None:
+    """Being a Tagger of images and videos: tests/contracts/test_tagger_contract.py."""
     groups = {g.name for g in tagger.groups}
     assert {"article_type", "colour", "gender", "usage", "season", "pattern", "master_category"} <= groups
 

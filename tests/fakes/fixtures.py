@@ -110,6 +110,33 @@ def image_media(path: Path, uri: str | None = None) -> Media:
                  hashlib.sha256(data).hexdigest(), "image/jpeg", frames=[frame])
 
 
+def embedded_media(offline, images: list, kind: str = "image", stamps: list | None = None,
+                   key: str | None = None) -> Media:
+    """Media of PIL images with the embeddings and features the pipeline would have filled in
+    (`offline`: the shipped model, tests/model_fixtures.py)."""
+    buf = io.BytesIO()
+    images[0].save(buf, format="JPEG")
+    data = buf.getvalue()
+    frames = [Frame(im, t) for im, t in zip(images, stamps or [None] * len(images))]
+    embeddings, features = offline.embed_images_with_features(images)
+    key = key or kind
+    return Media(ref=MediaRef(uri=f"file:///x/{key}", key=key), data=data, kind=kind,
+                 sha256=hashlib.sha256(data).hexdigest(), mime="image/jpeg", frames=frames,
+                 embeddings=embeddings, features=features)
+
+
+@pytest.fixture(scope="session")
+def videos() -> list[bytes]:
+    """Small distinct MP4s: three one-second solid-colour scenes each (red, black, then a blue
+    that differs enough per video to change the encoded bytes)."""
+    from tests.helpers import write_mp4
+
+    out = [write_mp4(colours=((200, 30, 30), (20, 20, 20), (40, 60 + 12 * i, 200)), seconds_each=1.0, fps=5,
+                     size=32) for i in range(10)]
+    assert len(set(out)) == len(out)
+    return out
+
+
 def video_media(data: bytes, key: str, uri: str | None = None, duration: float | None = None,
                 frame_times: tuple[float, ...] = ()) -> Media:
     frames = [Frame(Image.new("RGB", (8, 8)), t) for t in frame_times]
