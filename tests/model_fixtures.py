@@ -31,7 +31,7 @@ def shared_data_dir() -> Path:
 def shared_data() -> Path:
     path = shared_data_dir()
     if not (path / "styles.csv").is_file():
-        pytest.skip(f"shared fashion data not found at {path} (set TOOLKIT_SHARED_DATA)")
+        pytest.fail(f"shared fashion data not found at {path} (set TOOLKIT_SHARED_DATA)")
     return path
 
 

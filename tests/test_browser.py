@@ -62,6 +62,15 @@ def page(browser, base_url):
     context.close()
 
 
+# Each input's placeholder, in the input's font, fits its box beside the number spinner.
+PLACEHOLDERS_FIT = """(inputs) => inputs.every((el) => {
+    const style = getComputedStyle(el);
+    const ctx = document.createElement("canvas").getContext("2d");
+    ctx.font = `${style.fontSize} ${style.fontFamily}`;
+    const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight) - 16;
+    return ctx.measureText(el.placeholder).width <= room;
+})"""
+
 # Cards below the fold load lazily; those on screen must have their picture.
 VISIBLE_IMAGES_LOADED = """() => [...document.querySelectorAll('.card img')]
     .filter((img) => img.getBoundingClientRect().top < window.innerHeight)
@@ -106,6 +115,9 @@ def test_type_a_query_drop_a_photo_and_buy(page, catalog, base_url):
 
     urls = catalog.urls()
     expect(page.locator("#facet-menus select").first).to_be_attached()
+    # The price boxes show the catalog's range in full ("max 116", not "max 11").
+    expect(page.locator("#price-max")).to_have_attribute("placeholder", re.compile(r"^max \d+$"))
+    assert page.eval_on_selector_all("#price input", PLACEHOLDERS_FIT), "a price placeholder is cut"
 
     page.fill("#query", "Puma black")
     page.press("#query", "Enter")

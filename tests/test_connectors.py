@@ -80,6 +80,14 @@ def test_s3_uses_boto3s_adaptive_retries_and_the_addressing_asked_for(s3_server)
         "http://shop-media.minio.local:9000/k.jpg")
 
 
+def test_the_addressing_setting_reaches_the_s3_connector():
+    from toolkit import registry
+    from toolkit.ground.settings import Settings
+
+    conn = registry.connector_for("s3://shop-media/", Settings(s3_region="eu-west-1", s3_addressing_style="path"))
+    assert sent_to(conn) == "https://s3.eu-west-1.amazonaws.com/shop-media/k.jpg"
+
+
 class _SlowDown(BaseHTTPRequestHandler):
     """An S3 that always asks the client to slow down."""
 

@@ -27,7 +27,8 @@ def _local(settings: Settings) -> "Connector":
 def _s3(settings: Settings) -> "Connector":
     from connectors.s3 import S3Connector
 
-    return S3Connector(endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    return S3Connector(endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                       addressing_style=settings.s3_addressing_style)
 
 
 CONNECTORS: dict[str, Callable[[Settings], "Connector"]] = {"file": _local, "s3": _s3}

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # S3
     s3_endpoint_url: str | None = Field(None, description="Endpoint for S3-compatible servers (MinIO, moto); empty for AWS.")
     s3_region: str | None = Field(None, description="S3 region (default: boto3's chain).")
+    s3_addressing_style: Literal["auto", "virtual", "path"] = Field(
+        "auto", description="S3 addressing: virtual-hosted (bucket.host), path (host/bucket, some S3-compatible servers need it) or auto.")
 
     # Azure Custom Vision (prediction)
     azure_cv_endpoint: str | None = Field(None, description="Custom Vision prediction endpoint, https://<name>.cognitiveservices.azure.com/")
