@@ -140,10 +140,13 @@ def test_s3_without_credentials_says_how_to_set_them(s3_server, monkeypatch, tmp
         conn.read(MediaRef(uri="s3://any/a.jpg", key="a.jpg"))
 
 
-def test_unreachable_endpoint_names_the_setting():
+def test_unreachable_endpoint_names_the_setting(monkeypatch):
     from toolkit import registry
     from toolkit.ground.settings import Settings
 
+    # Credentials set (as for any S3-compatible server), so the endpoint is what fails.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     conn = registry.connector_for("s3://b/p", Settings(s3_endpoint_url="http://127.0.0.1:9"))
     with pytest.raises(SourceError, match="TOOLKIT_S3_ENDPOINT_URL"):
         list(conn.list("s3://b/p"))
