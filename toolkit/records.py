@@ -128,7 +128,13 @@ def strip_product_fields(meta: Metadata) -> Metadata:
 def with_product(meta: Metadata, product: Product | None) -> Metadata:
     """A stored record's metadata linked to `product` (or to none), its filter tokens the model's
     tags' plus the catalog's."""
-    linked = {**strip_product_fields(meta), **product_fields(product)}
+    return linked_to(meta, product_fields(product))
+
+
+def linked_to(meta: Metadata, fields: Metadata) -> Metadata:
+    """`meta` with its product fields replaced by `fields` (product_fields' output), and its
+    filter tokens recomputed: the taggers' (from the stored tags) plus the new catalog's."""
+    linked = {**strip_product_fields(meta), **fields}
     model = [*stored_media_tags(linked), *stored_frame_tags(linked)]
     return with_catalog_tokens(linked, {filter_token(t.group, t.label) for t in model})
 

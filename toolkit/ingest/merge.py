@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from toolkit.ingest.freshness import stored_versions, tagger_version
-from toolkit.records import build_records, stored_frame_tags, stored_media_tags
+from toolkit.records import build_records, linked_to, stored_frame_tags, stored_media_tags
 
 if TYPE_CHECKING:
     from store.base import Metadata, Record
@@ -47,7 +47,7 @@ def merge(it: "WorkItem", results: Results) -> Merged:
                             versions=_versions(it, earlier, results))
     if it.product:
         for r in records:
-            r.metadata.update(it.product)
+            r.metadata = linked_to(r.metadata, it.product)
     return Merged(records, carried)
 
 

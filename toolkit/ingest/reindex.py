@@ -35,7 +35,7 @@ from toolkit.ground.settings import Settings
 from toolkit.ingest.catalog import _product_text, product_from_meta
 from toolkit.ingest.pipeline import Pipeline
 from toolkit.ingest.readers import WorkItem
-from toolkit.records import ATTR_PREFIX, PRODUCT_FIELDS, strip_product_fields
+from toolkit.records import ATTR_PREFIX, CATALOG_TAG_PREFIX, PRODUCT_FIELDS, linked_to
 
 if TYPE_CHECKING:
     from connectors.base import Connector
@@ -90,7 +90,8 @@ class ReindexReport:
 
 def product_of(meta: "Metadata") -> "Metadata":
     """The product fields of a stored media record."""
-    return {k: v for k, v in meta.items() if k in PRODUCT_FIELDS or k.startswith(ATTR_PREFIX)}
+    return {k: v for k, v in meta.items()
+            if k in PRODUCT_FIELDS or k.startswith((ATTR_PREFIX, CATALOG_TAG_PREFIX))}
 
 
 class StoredReader:
@@ -140,7 +141,7 @@ class StoredReader:
         item.status, item.media = "unchanged", None
         for rid, meta in item.existing:
             if product_of(meta) != item.product:
-                item.rewrites.append(Record(rid, np.empty(0), {**strip_product_fields(meta), **item.product}))
+                item.rewrites.append(Record(rid, np.empty(0), linked_to(meta, item.product)))
 
     def read(self, item: WorkItem) -> bytes:
         scheme = registry.scheme_of(item.ref.uri)
