@@ -45,8 +45,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 
 
 def _write_examples(ctx: Any, formatter: Any) -> None:
-    path = " ".join(ctx.command_path.split()[1:])
-    examples = EXAMPLES.get(path)
+    names, at = [], ctx
+    while at.parent is not None:  # the command's names below the program, however it was run
+        names.append(at.info_name)
+        at = at.parent
+    examples = EXAMPLES.get(" ".join(reversed(names)))
     if examples:
         with formatter.section("Examples"):
             for line in examples:  # as typed: never wrapped inside a path or an option
