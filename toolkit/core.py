@@ -164,6 +164,7 @@ class Toolkit:
     def _switched(self) -> None:
         """The collection in use changed: open it (and its model) afresh on next use."""
         self._collection = self._store = self._products = None
+        self._has_items = False
         if not self._embedder_given:
             self._embedder = None
 
