@@ -17,7 +17,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 #: One or two lines a user can copy, per command; every command has some (tests/test_cli.py).
 EXAMPLES: dict[str, tuple[str, ...]] = {
     "tag": ("toolkit tag ./photos", "toolkit tag s3://my-bucket/products/ --tagger local --dry-run"),
-    "search": ('toolkit search "red summer dress" --where price<50 -k 5',
+    "search": ('toolkit search "red summer dress" --where "price<50" -k 5',
                "toolkit search --image photo.jpg --where gender=Women --json"),
     "stats": ("toolkit stats", "toolkit stats --json"),
     "config": ("toolkit config",),
