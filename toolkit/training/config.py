@@ -29,6 +29,9 @@ class TrainConfig:
     #: Share of the batches' views in which a main-catalog photo is shown degraded: shrunk to the
     #: first extra catalog's photo size and back up (toolkit/training/sources.py). 0: never.
     degrade: float = 0.0
+    #: Fixed share of the extra catalogs' photos trained on at all (chosen by id; features are
+    #: computed for those only); 1: all.
+    extra_share: float = 1.0
     #: Share of the extra catalogs' photos each epoch shows (drawn anew each epoch); 1: all.
     extra_weight: float = 1.0
     #: Weight of the per-group label loss (image vs every label prompt of a vocabulary group).

@@ -31,8 +31,9 @@ def training_cache(cache: Path | None = None) -> Path:
 
 
 def cached_rows(cache: Path, keys: list[str], compute: Callable[[list[str]], dict[str, np.ndarray]],
-                names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Rows of arrays `names` for each key, computing only keys the npz cache lacks, then saving."""
+                names: tuple[str, ...], chunk: int | None = None) -> dict[str, np.ndarray]:
+    """Rows of arrays `names` for each key, computing only keys the npz cache lacks, then saving;
+    with `chunk`, saving after each `chunk` keys, so a stopped run keeps what it computed."""
     known: dict[str, int] = {}
     old: dict[str, np.ndarray] = {}
     if cache.is_file():
@@ -40,9 +41,11 @@ def cached_rows(cache: Path, keys: list[str], compute: Callable[[list[str]], dic
             known = {str(k): i for i, k in enumerate(z["keys"])}
             old = {n: z[n] for n in names}
     todo = sorted({k for k in keys if k not in known})
-    if todo:
-        new = compute(todo)
-        all_keys = list(known) + todo
+    step = chunk or max(1, len(todo))
+    for start in range(0, len(todo), step):
+        part = todo[start:start + step]
+        new = compute(part)
+        all_keys = list(known) + part
         old = {n: np.concatenate(([old[n]] if old else []) + [new[n]]) for n in names}
         with atomic_path(cache) as tmp:
             np.savez(tmp, keys=np.array(all_keys), **old)
@@ -164,4 +167,4 @@ def shaped_features(paths: list[Path], featurizer: ImageFeaturizer, folder: Path
 
     name = f"{shape[0]}x{shape[1]}" + (f"-from-{degrade_to[0]}x{degrade_to[1]}" if degrade_to else "")
     cache = folder / f"shaped-{name}-{featurizer.features_key}-{COLOUR_VERSION}.npz"
-    return cached_rows(cache, hashes, compute, ("feats",))["feats"]
+    return cached_rows(cache, hashes, compute, ("feats",), chunk=4096)["feats"]

@@ -23,7 +23,7 @@ from taggers.offline import ImageFeaturizer
 from toolkit.ground.errors import CatalogError
 from toolkit.training.config import Progress
 from toolkit.training.features import image_features, shaped_features
-from toolkit.training.split import read_catalog, trains_on, training_rows
+from toolkit.training.split import in_share, read_catalog, trains_on, training_rows
 
 
 @dataclass
@@ -59,9 +59,10 @@ class TrainingData:
 
 def training_data(images_dir: Path, catalog_csv: Path, extra: Sequence[tuple[Path, Path]] = (), *,
                   exclude_eval: bool, limit: int | None, hold_out: bool,
-                  required: set[str] | frozenset[str] = frozenset({"id"})) -> TrainingData:
+                  required: set[str] | frozenset[str] = frozenset({"id"}), extra_share: float = 1.0) -> TrainingData:
     """The main catalog's training rows (`training_rows`) and every extra catalog's rows with a
-    photo, less those of products the main catalog keeps from training."""
+    photo, less those of products the main catalog keeps from training; with `extra_share`
+    under 1, only that fixed share of them (by id: `split.in_share`)."""
     rows, excluded = training_rows(Path(images_dir), Path(catalog_csv), exclude_eval, limit, hold_out,
                                    required=required)
     main = TrainingSet(Path(images_dir), Path(catalog_csv), rows)
@@ -70,7 +71,8 @@ def training_data(images_dir: Path, catalog_csv: Path, extra: Sequence[tuple[Pat
     for images, catalog in extra:
         x_rows, x_excluded = training_rows(Path(images), Path(catalog), exclude_eval=False, limit=None,
                                            required=required)
-        kept = [r for r in x_rows if r["id"] not in main_ids or trains_on(r["id"], exclude_eval, hold_out)]
+        kept = [r for r in x_rows if (r["id"] not in main_ids or trains_on(r["id"], exclude_eval, hold_out))
+                and in_share(r["id"], extra_share)]
         if not kept:
             raise CatalogError(f"--catalog {catalog}: every photo in {images} belongs to the main catalog's "
                                "eval split or holdout")

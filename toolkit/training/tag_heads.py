@@ -111,7 +111,7 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
                     threads: int = 0, runtime: str = "auto", limit: int | None = None,
                     vocabulary: Path | None = None, progress: Progress | None = None,
                     cache: Path | None = None, extra: Sequence[tuple[Path, Path]] = (),
-                    degrade: float = 0.0) -> TagTrainReport:
+                    degrade: float = 0.0, extra_share: float = 1.0) -> TagTrainReport:
     """Train the classifiers for a heads file (default: the shipped one) on the catalog's photos
     and write them beside it; the heads' sidecar records their SHA-256 and training. `cache`:
     the data directory's cache folder (default: that of the settings in force). `extra` and
@@ -123,7 +123,7 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
     say = progress or (lambda _msg: None)
     t0 = time.time()
     data = training_data(Path(images_dir), Path(catalog_csv), extra, exclude_eval=exclude_eval, limit=limit,
-                         hold_out=hold_out, required=REQUIRED_COLUMNS)
+                         hold_out=hold_out, required=REQUIRED_COLUMNS, extra_share=extra_share)
     rows = data.rows
     labels, targets = group_targets(rows, load_vocabulary(vocabulary))
     if not labels:
@@ -144,7 +144,7 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
     groups = {n: len(v) for n, v in labels.items()}
     _record_in_sidecar(heads_file, out, sha, {"n_train": len(rows), "epochs": epochs, "seed": seed,
                                               "split": SPLIT_NAME, "exclude_eval": exclude_eval,
-                                              "hold_out": hold_out, "groups": groups, "degrade": degrade,
+                                              "hold_out": hold_out, "groups": groups, "degrade": degrade, "extra_share": extra_share,
                                               "sources": [s.images.name for s in (data.main, *data.extra)]})
     return TagTrainReport(out=out, sha256=sha, groups=groups, n_train=len(rows), seconds=time.time() - t0)
 

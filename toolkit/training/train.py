@@ -63,7 +63,8 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
         raise ConfigError("--extra-weight must be over 0 and at most 1")
     t0 = time.time()
     data = training_data(Path(images_dir), Path(catalog_csv), extra, exclude_eval=cfg.exclude_eval,
-                         limit=cfg.limit, hold_out=cfg.hold_out, required=REQUIRED_COLUMNS)
+                         limit=cfg.limit, hold_out=cfg.hold_out, required=REQUIRED_COLUMNS,
+                         extra_share=cfg.extra_share)
     rows, excluded = data.rows, data.excluded
     say(f"training on {len(rows)} photos ({len(data.main.rows)} from {data.main.images}"
         + "".join(f", {len(s.rows)} from {s.images}" for s in data.extra)
@@ -109,7 +110,7 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
         train_tag_heads(Path(images_dir), Path(catalog_csv), heads_path=Path(out), exclude_eval=cfg.exclude_eval,
                         hold_out=cfg.hold_out, seed=cfg.seed, threads=cfg.threads, runtime=cfg.runtime,
                         limit=cfg.limit, vocabulary=vocabulary, progress=say, cache=cache, extra=extra,
-                        degrade=cfg.degrade)
+                        degrade=cfg.degrade, extra_share=cfg.extra_share)
     return TrainReport(out=Path(out), sha256=sha, model_id=f"{model_prefix(cfg.backbone)}:{sha[:12]}",
                        n_train=len(rows), n_captions=len(caps.texts), epochs=cfg.epochs, final_loss=loss,
                        seconds=time.time() - t0, excluded_eval=excluded)

@@ -62,6 +62,9 @@ def train(
                                   help="With an extra folder of smaller photos: show the main photos shrunk to "
                                        "their size and back up this share of the time (0.5: half), so that both "
                                        "kinds look alike to the model."),
+    extra_share: float = typer.Option(1.0, "--extra-share", min=0.01, max=1.0,
+                                      help="Train on this fixed share of the extra folders' photos (chosen by "
+                                           "id, the same every run; features are computed for those only)."),
     extra_weight: float = typer.Option(1.0, "--extra-weight", min=0.01, max=1.0,
                                        help="Share of the extra folders' photos each epoch shows (a new draw "
                                             "each epoch); 1: all of them."),
@@ -73,7 +76,7 @@ def train(
     report = train_heads(main_images, main_catalog, out, epochs=epochs, seed=seed, exclude_eval=not include_eval,
                          threads=threads, finetune_blocks=finetune_blocks, augment_views=augment_views,
                          hold_out=hold_out, backbone=backbone, progress=_progress, extra=extra, degrade=degrade,
-                         extra_weight=extra_weight)
+                         extra_weight=extra_weight, extra_share=extra_share)
     typer.echo(f"wrote {report.out} ({report.n_train} photos, {report.n_captions} captions, "
                f"{report.epochs} epochs, final loss {report.final_loss:.4f}, {report.seconds:.0f} s)")
     typer.echo(f"model id {report.model_id}; use it with TOOLKIT_HEADS_PATH={report.out}")
@@ -99,6 +102,8 @@ def train_tags(
     degrade: float = typer.Option(0.0, "--degrade", min=0.0, max=0.95,
                                   help="As for `toolkit model train`: main photos shown shrunk to the extra "
                                        "folder's photo size and back up this share of the time."),
+    extra_share: float = typer.Option(1.0, "--extra-share", min=0.01, max=1.0,
+                                      help="As for `toolkit model train`: a fixed share of the extra photos."),
 ) -> None:
     """Train the label classifiers the local tagger blends with its prompts, for existing heads
     (`toolkit model train` trains them with the heads). Tags change; vectors do not."""
@@ -107,7 +112,7 @@ def train_tags(
     main_images, main_catalog, extra = _pairs(images, catalog)
     report = train_tag_heads(main_images, main_catalog, heads, out, exclude_eval=not include_eval,
                              hold_out=hold_out, epochs=epochs, seed=seed, threads=threads, progress=_progress,
-                             extra=extra, degrade=degrade)
+                             extra=extra, degrade=degrade, extra_share=extra_share)
     groups = ", ".join(f"{name} ({n} labels)" for name, n in report.groups.items())
     typer.echo(f"wrote {report.out} ({report.n_train} photos; {groups}; {report.seconds:.0f} s)")
     typer.echo(f"sha256 {report.sha256}")
