@@ -535,7 +535,8 @@ def test_a_catalog_read_through_a_mapping_is_scored_on_the_mapped_groups(setting
     # The unmapped vocabulary groups are said so (the pattern column is in the file but not mapped).
     assert {"usage", "season", "masterCategory", "pattern"} <= set(summary["unmapped"])
     page = write_html(report, tmp_path / "out" / "eval.html").read_text(encoding="utf-8")
-    assert "not mapped (no column of this catalog, not scored): " in page and "articleType &lt;- product_type_name" in page
+    assert "not mapped (no column of this catalog, not scored): " in page
+    assert "articleType &lt;- product_type_name" in page
 
 
 def test_the_shipped_hm_mapping_reads_the_real_articles_and_bad_mappings_are_user_errors(tmp_path):
@@ -546,7 +547,8 @@ def test_the_shipped_hm_mapping_reads_the_real_articles_and_bad_mappings_are_use
     columns, unmapped = mapped_columns(hm, load_vocabulary(None))
     assert columns == {"article_type": "articleType", "colour": "baseColour", "gender": "gender",
                        "pattern": "pattern"}
-    assert hm.columns["articleType"][1]["Vest top"] == "Tops" and hm.columns["baseColour"][1]["Dark Blue"] == "Navy Blue"
+    assert hm.columns["articleType"][1]["Vest top"] == "Tops"
+    assert hm.columns["baseColour"][1]["Dark Blue"] == "Navy Blue"
     assert set(unmapped) == {"usage", "season", "masterCategory"}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"columns": {"color": {"from": "colour_group_name"}}}))

@@ -144,7 +144,8 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
     groups = {n: len(v) for n, v in labels.items()}
     _record_in_sidecar(heads_file, out, sha, {"n_train": len(rows), "epochs": epochs, "seed": seed,
                                               "split": SPLIT_NAME, "exclude_eval": exclude_eval,
-                                              "hold_out": hold_out, "groups": groups, "degrade": degrade, "extra_share": extra_share,
+                                              "hold_out": hold_out, "groups": groups, "degrade": degrade,
+                                              "extra_share": extra_share,
                                               "sources": [s.images.name for s in (data.main, *data.extra)]})
     return TagTrainReport(out=out, sha256=sha, groups=groups, n_train=len(rows), seconds=time.time() - t0)
 
