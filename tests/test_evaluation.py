@@ -310,8 +310,11 @@ def test_html_report_holds_the_plots_and_the_pictures(settings, shared_data, pho
     assert page.count("<circle") == len(report.map["x"]) == 40
     strip = sum(1 + len(ex["hits"]) for ex in report.examples)
     assert strip == 6 * 6
-    assert page.count("src='data:image/jpeg;base64,") == strip
-    assert page.count("<img class=ok") == sum(h["correct"] for ex in report.examples for h in ex["hits"])
+    # Every picture is embedded: the example strips and those of the worst labels.
+    worst = sum(1 + len(f["hits"]) for f in report.failures)
+    assert page.count("src='data:image/jpeg;base64,") == strip + worst
+    assert page.count("<img class=ok") == sum(h["correct"] for ex in report.examples + report.failures
+                                              for h in ex["hits"])
     assert "/images/" not in page.replace(str(shared_data), "")  # nothing points back at the photo folder
 
 
@@ -478,3 +481,78 @@ def test_a_baseline_that_is_no_eval_run_is_a_clear_error(tmp_path):
     (tmp_path / "eval.items.json").write_text('{"metrics": {}}', encoding="utf-8")
     with pytest.raises(ConfigError, match="not a eval.items.json of `toolkit eval`"):
         load_items(tmp_path)
+
+
+# ---- a catalog read through a mapping (the H&M articles) ------------------------------------------
+
+def write_hm_like(folder: Path, photos: list[dict], source: Path) -> Path:
+    """A tiny H&M-like articles.csv: its own columns and values, photos named by a 10-digit id."""
+    import shutil
+
+    (folder / "images").mkdir(parents=True)
+    kinds = {"Tshirts": "T-shirt", "Shirts": "Shirt", "Casual Shoes": "Sneakers"}
+    colours = {"Navy Blue": "Dark Blue", "Black": "Black", "White": "White", "Blue": "Light Blue"}
+    rows = []
+    for r in photos:
+        aid = f"0{int(r['id']):09d}"
+        shutil.copy(source / f"{r['id']}.jpg", folder / "images" / f"{aid}.jpg")
+        rows.append({"article_id": aid, "prod_name": r["productDisplayName"][-20:],
+                     "product_type_name": kinds.get(r["articleType"], "Garment Set"),
+                     "colour_group_name": colours.get(r["baseColour"], "Other"),
+                     "index_group_name": {"Men": "Menswear", "Women": "Ladieswear"}.get(r["gender"], "Sport"),
+                     "graphical_appearance_name": "Solid"})
+    return write_styles_subset(folder / "articles.csv", rows)
+
+
+def test_a_catalog_read_through_a_mapping_is_scored_on_the_mapped_groups(settings, shared_data, photos, tmp_path):
+    from toolkit.core import Toolkit
+    from toolkit.evaluation.gates import planned_metrics
+    from toolkit.evaluation.report import write_html
+
+    catalog = write_hm_like(tmp_path / "hm", photos[:24], shared_data / "images")
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({
+        "id": "article_id", "image": "{article_id}.jpg", "title": "{colour_group_name} {prod_name}",
+        "columns": {"articleType": {"from": "product_type_name",
+                                    "values": {"T-shirt": "Tshirts", "Shirt": "Shirts", "Sneakers": "Casual Shoes"}},
+                    "baseColour": {"from": "colour_group_name",
+                                   "values": {"Dark Blue": "Navy Blue", "Black": "Black", "White": "White",
+                                              "Light Blue": "Blue"}},
+                    "gender": {"from": "index_group_name", "values": {"Menswear": "Men", "Ladieswear": "Women"}}}}))
+    report = evaluate(catalog, tmp_path / "hm" / "images", Toolkit(settings, embedder=ColourEmbedder()),
+                      mapping=mapping)
+    assert report.split == "all" and report.items == 24 and report.skipped == []
+    assert report.attributes == ["gender", "baseColour", "articleType"]
+    assert set(report.tags) == {"articleType", "baseColour", "gender"}  # the mapped groups only
+    assert set(report.metrics) == planned_metrics(catalog, mapping=mapping)
+    assert {"text.recall@10", "image.articleType.p@5", "tags.gender.accuracy"} <= set(report.metrics)
+    assert all(name in report.margins for name in report.metrics)
+    summary = report.mapping
+    assert summary["columns"]["articleType"]["from"] == "product_type_name"
+    assert summary["columns"]["articleType"]["of"] == 24
+    unlabelled = 24 - summary["columns"]["articleType"]["labelled"]
+    assert summary["columns"]["articleType"]["left_out"].get("Garment Set", 0) == unlabelled
+    # The unmapped vocabulary groups are said so (the pattern column is in the file but not mapped).
+    assert {"usage", "season", "masterCategory", "pattern"} <= set(summary["unmapped"])
+    page = write_html(report, tmp_path / "out" / "eval.html").read_text(encoding="utf-8")
+    assert "not mapped (no column of this catalog, not scored): " in page
+    assert "articleType &lt;- product_type_name" in page
+
+
+def test_the_shipped_hm_mapping_reads_the_real_articles_and_bad_mappings_are_user_errors(tmp_path):
+    from taggers.clip_local import load_vocabulary
+    from toolkit.evaluation.mapping import load_mapping, mapped_columns
+
+    hm = load_mapping("hm")
+    columns, unmapped = mapped_columns(hm, load_vocabulary(None))
+    assert columns == {"article_type": "articleType", "colour": "baseColour", "gender": "gender",
+                       "pattern": "pattern"}
+    assert hm.columns["articleType"][1]["Vest top"] == "Tops"
+    assert hm.columns["baseColour"][1]["Dark Blue"] == "Navy Blue"
+    assert set(unmapped) == {"usage", "season", "masterCategory"}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"columns": {"color": {"from": "colour_group_name"}}}))
+    with pytest.raises(ConfigError, match="not a column of the tag vocabulary"):
+        mapped_columns(load_mapping(bad), load_vocabulary(None))
+    with pytest.raises(ConfigError, match="shipped mapping"):
+        load_mapping(tmp_path / "missing.json")

@@ -173,3 +173,67 @@ def test_each_backbone_trains_heads_named_and_sized_for_it(shared_data, tmp_path
     # Colour features are read from the pictures the backbone sees: one cache per picture size.
     names = sorted(p.name for p in (tmp_path / "data" / "cache" / "features").glob("colour-*.npz"))
     assert names == [f"colour-hsv-lab-fg-v2{'' if size == 224 else f'-{size}px'}.npz"]
+
+
+def _tiny_catalog(folder: Path, rows: list[dict[str, str]], source: Path, size: tuple[int, int] | None,
+                  ids: list[str] | None = None) -> Path:
+    """A hand-made catalog: `rows`' photos copied into `folder` (resized to `size`), under `ids`."""
+    import csv
+
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True)
+    out = []
+    for i, row in enumerate(rows):
+        new = dict(row, id=ids[i] if ids else row["id"])
+        img = Image.open(source / f"{row['id']}.jpg").convert("RGB")
+        (img.resize(size) if size else img).save(folder / "images" / f"{new['id']}.jpg")
+        out.append(new)
+    with (folder / "styles.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(out[0]))
+        writer.writeheader()
+        writer.writerows(out)
+    return folder / "styles.csv"
+
+
+def test_training_over_two_folders_reads_both(shared_data, tmp_path, monkeypatch) -> None:
+    """The main folder's training rows, and every photo of the extra one (60x80 px, resized to the
+    main photos' size; main photos degraded to 60x80 and back), except a product the main
+    catalog keeps in its eval split."""
+    from toolkit.training.split import read_catalog
+
+    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "data"))
+    source = shared_data / "images"
+    train = train_rows(shared_data / "styles.csv", source)
+    held = eval_rows(shared_data / "styles.csv", source)
+    main_csv = _tiny_catalog(tmp_path / "main", train[:20] + held[:2], source, None)
+    # Other ids for the extra photos (as in fashion-products-small), plus one eval product of the main catalog.
+    small_csv = _tiny_catalog(tmp_path / "small", train[20:32] + held[:1], source, (60, 80),
+                              [f"9{i:05d}" for i in range(12)] + [held[0]["id"]])
+    out = tmp_path / "both.safetensors"
+    report = train_heads(tmp_path / "main" / "images", main_csv, out, extra=[(tmp_path / "small" / "images",
+                         small_csv)], degrade=0.5, epochs=1, seed=1, batch_size=16, runtime="torch", threads=2)
+    assert report.n_train == 20 + 12
+    assert report.excluded_eval == 2 + 1
+    meta = json.loads(sidecar_path(out).read_text())
+    sources = meta["training"]["sources"]
+    assert [(s["images"], s["n_train"]) for s in sources] == [("images", 20), ("images", 12)]
+    assert meta["training"]["degrade"] == 0.5
+    assert meta["tag_heads_training"]["n_train"] == 32 and len(meta["tag_heads_training"]["sources"]) == 2
+    features = tmp_path / "data" / "cache" / "features"
+    assert list(features.glob("shaped-224x224-from-60x80-*.npz")), "main photos degraded to the extra photos' size"
+    extra_cache = [p for p in features.glob("shaped-224x224-*.npz") if "-from-" not in p.name]
+    with np.load(extra_cache[0]) as z:
+        assert len(z["keys"]) == 12, "the extra photos, resized to the main photos' size"
+    assert len(read_catalog(small_csv)) == 13
+
+
+def test_cli_pairs_each_images_folder_with_its_catalog(tmp_path, shared_data) -> None:
+    from toolkit.faces.commands.model import app
+
+    runner = CliRunner()
+    assert "--degrade" in runner.invoke(app, ["train", "--help"]).output
+    result = runner.invoke(app, ["train", "--images", str(shared_data / "images"), "--catalog",
+                                 str(shared_data / "styles.csv"), "--images", str(tmp_path)])
+    assert isinstance(result.exception, ConfigError)
+    assert "one --catalog per --images" in str(result.exception)

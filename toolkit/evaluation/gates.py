@@ -50,11 +50,17 @@ def metric_names(columns: dict[str, str]) -> set[str]:
     return names | {f"tags.{c}.{k}" for c in columns.values() for k in ("accuracy", "coverage", "accuracy@threshold")}
 
 
-def planned_metrics(catalog_csv: Path, vocabulary: Path | None = None) -> set[str]:
-    """Metric names from the catalog's header alone, so a mistyped gate fails before the model loads."""
+def planned_metrics(catalog_csv: Path, vocabulary: Path | None = None, mapping: "str | Path | None" = None) -> set[str]:
+    """Metric names from the catalog's header (or the mapping) alone, so a mistyped gate fails
+    before the model loads."""
     from taggers.clip_local import load_vocabulary
 
-    return metric_names(label_columns(load_vocabulary(vocabulary), catalog_header(Path(catalog_csv))))
+    groups = load_vocabulary(vocabulary)
+    if mapping is not None:
+        from toolkit.evaluation.mapping import load_mapping, mapped_columns
+
+        return metric_names(mapped_columns(load_mapping(mapping), groups)[0])
+    return metric_names(label_columns(groups, catalog_header(Path(catalog_csv))))
 
 
 def check_gate_names(gates: Sequence[tuple[str, float]], known: set[str]) -> None:

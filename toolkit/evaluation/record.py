@@ -55,4 +55,9 @@ class EvalReport:
     tags: dict[str, dict] = field(default_factory=dict)
     map: dict[str, list] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)
+    #: The worst article types and colours by image-to-image p@5, each with one of its photos
+    #: and that photo's top 5: what the model gets wrong, to look at.
+    failures: list[dict] = field(default_factory=list)
+    #: With `--mapping`: what the mapping made of the catalog (toolkit/evaluation/mapping.py).
+    mapping: dict = field(default_factory=dict)
     seconds: float = 0.0

@@ -29,6 +29,7 @@ def render(report: EvalReport, comparison: Comparison | None = None) -> str:
              f"<p>{report.items} photos ({escape(report.split)} split), {report.attribute_queries} attribute queries, "
              f"{len(report.skipped)} skipped, {report.seconds:.0f} s.</p>",
              f"<p>Measured with the {escape(str(report.measured_on.get('line', 'unrecorded machine')))}.</p>",
+             mapping_note(report.mapping),
              "<h2>Metrics</h2>", metrics_table(report.metrics, report.ceilings, report.margins),
              changes_table(comparison) if comparison is not None else "",
              "<h2>Image-to-image precision@5 per category</h2>", bars(report.per_category),
@@ -36,8 +37,31 @@ def render(report: EvalReport, comparison: Comparison | None = None) -> str:
     parts += [f"<h3>{escape(col)}</h3>" + confusion_svg(t["confusion"]) for col, t in report.tags.items()]
     parts += ["<h2>Embeddings (PCA, coloured by category)</h2>", scatter(report.map),
               "<h2>Example queries (first: the query; green: same category, red: not)</h2>",
-              examples(report.examples)]
+              examples(report.examples),
+              "<h2>Where it fails: the worst article types and colours by image-to-image precision@5</h2>"
+              "<p>Each strip: the label's photo with the lowest precision@5, then its top 5 (green: same label, "
+              "red: not; hover for the labels).</p>", failures(report.failures)]
     return "\n".join(parts)
+
+
+def mapping_note(mapping: dict) -> str:
+    """What a --mapping made of the catalog: each mapped column and the vocabulary groups left unscored."""
+    if not mapping:
+        return ""
+    from toolkit.evaluation.mapping import MappingSummary
+
+    lines = MappingSummary(**mapping).lines()
+    return f"<p>{escape(lines[0])}</p><ul>" + "".join(f"<li>{escape(x.strip())}</li>" for x in lines[1:]) + "</ul>"
+
+
+def failures(rows: list[dict]) -> str:
+    out = []
+    for f in rows:
+        q = f["query"]
+        imgs = [_img(q, "q")] + [_img(h, "ok" if h["correct"] else "no") for h in f["hits"]]
+        out.append(f"<p>{escape(f['column'])} <b>{escape(f['label'])}</b>: precision@5 {f['p@5']:.3f} over "
+                   f"{f['n']} photos</p><div class=strip>{''.join(imgs)}</div>")
+    return "".join(out) or "<p>No label has enough photos.</p>"
 
 
 def metrics_table(metrics: dict[str, float], ceilings: dict[str, float] | None = None,

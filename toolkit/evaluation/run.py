@@ -33,12 +33,19 @@ TOP_CATEGORIES = 15
 MAP_POINTS = 1500
 EXAMPLES = 6
 EXAMPLE_HITS = 5
+#: The groups whose worst labels the report shows, how many of each, and the fewest photos a label needs.
+FAILURE_GROUPS = ("article_type", "colour")
+FAILURES_PER_GROUP = 4
+FAILURE_MIN_PHOTOS = 10
 
 
 def evaluate(catalog_csv: Path, images: Path, toolkit: "Toolkit | None" = None, *, limit: int | None = None,
-             split: Split = "eval", on_item: "ItemCallback | None" = None,
-             on_listed: Callable[[int], None] | None = None) -> EvalReport:
-    """Index the labelled catalog's photos into a scratch collection and score retrieval and tags."""
+             split: Split | None = None, on_item: "ItemCallback | None" = None,
+             on_listed: Callable[[int], None] | None = None, mapping: "str | Path | None" = None) -> EvalReport:
+    """Index the labelled catalog's photos into a scratch collection and score retrieval and tags.
+    `mapping`: a mapping file (or shipped mapping's name) that translates the catalog's columns
+    into the vocabulary's (toolkit/evaluation/mapping.py); its split (all) is the default then.
+    Without one, the default split is eval."""
     from toolkit.core import Toolkit
     from toolkit.registry import tagger as make_tagger
 
@@ -48,11 +55,22 @@ def evaluate(catalog_csv: Path, images: Path, toolkit: "Toolkit | None" = None, 
     if not images.is_dir():
         raise SourceError(f"{images}: no such folder; give the folder holding the catalog's photos")
     tagger = make_tagger("local", tk.settings, tk.embedder)
-    columns = label_columns(tagger.groups, catalog_header(catalog_csv))
-    if not columns:
-        wanted = ", ".join(g.column or g.name for g in tagger.groups)
-        raise CatalogError(f"{catalog_csv}: no labelled columns; add one or more of {wanted}")
-    rows, missing = read_labelled(catalog_csv, images, columns)
+    summary = None
+    if mapping is not None:
+        from toolkit.evaluation.mapping import load_mapping, read_mapped
+
+        the_mapping = load_mapping(mapping)
+        split = split or the_mapping.split  # type: ignore[assignment]
+        rows, missing, summary, columns = read_mapped(catalog_csv, images, the_mapping, tagger.groups)
+        if not columns:
+            raise CatalogError(f"--mapping {the_mapping.path}: maps no column of the tag vocabulary")
+    else:
+        split = split or "eval"
+        columns = label_columns(tagger.groups, catalog_header(catalog_csv))
+        if not columns:
+            wanted = ", ".join(g.column or g.name for g in tagger.groups)
+            raise CatalogError(f"{catalog_csv}: no labelled columns; add one or more of {wanted}")
+        rows, missing = read_labelled(catalog_csv, images, columns)
     items = select(rows, split, limit)
     if len(items) < 2:
         raise CatalogError(f"{catalog_csv}: {len(items)} photo(s) in the {split} split; evaluation needs 2 or more "
@@ -65,6 +83,10 @@ def evaluate(catalog_csv: Path, images: Path, toolkit: "Toolkit | None" = None, 
     report = EvalReport(model_id=tk.embedder.model_id, split=split, items=len(items), metrics={},
                         attributes=[columns[g] for g in RETRIEVAL_GROUPS if g in columns],
                         skipped=missing + indexed.problems)
+    if summary is not None:
+        from dataclasses import asdict
+
+        report.mapping = asdict(summary)
     _score(report, tk, tagger, columns, items, emb, stored, features)
     report.measured_on = measured_on(tk.embedder)
     report.seconds = round(time.perf_counter() - started, 2)
@@ -173,6 +195,31 @@ def _add_pictures(report: EvalReport, columns: dict[str, str], items: list[Label
     report.map = {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
                   "label": cats[::step]}
     report.examples = _examples(items, top, cats)
+    report.failures = _failures(columns, items, top, labels)
+
+
+def _failures(columns: dict[str, str], items: list[LabelledItem], top: np.ndarray,
+              labels: dict[str, np.ndarray]) -> list[dict]:
+    """The worst article types and colours by image-to-image p@5 (among labels with
+    FAILURE_MIN_PHOTOS photos or more), each with its photo of lowest p@5 and that photo's top 5."""
+    out = []
+    for group in FAILURE_GROUPS:
+        column = columns.get(group)
+        if not column or column not in labels or top.shape[1] < 5:
+            continue
+        lab = labels[column]
+        own = (lab[top[:, :5]] == lab[:, None]).mean(axis=1)
+        counts = Counter(v for v in lab if v)
+        scored = sorted((float(own[lab == v].mean()), v) for v, n in counts.items() if n >= FAILURE_MIN_PHOTOS)
+        for p5, value in scored[:FAILURES_PER_GROUP]:
+            rows = np.flatnonzero(lab == value)
+            i = int(rows[np.argsort(own[rows], kind="stable")[0]])
+            shown = [it.labels.get(column, "") for it in items]
+            out.append({"column": column, "label": items[i].labels.get(column, value), "n": counts[value],
+                        "p@5": round(p5, 4), "query": _picture(items[i], shown[i]),
+                        "hits": [{**_picture(items[j], shown[j]), "correct": bool(lab[j] == lab[i])}
+                                 for j in top[i, :EXAMPLE_HITS]]})
+    return out
 
 
 def _examples(items: list[LabelledItem], top: np.ndarray, cats: list[str]) -> list[dict]:

@@ -26,6 +26,14 @@ class TrainConfig:
     #: features computed once and cached. With views, a batch shows each photo as itself or
     #: its mirror image half the time, else as one of its views.
     augment_views: int = 0
+    #: Share of the batches' views in which a main-catalog photo is shown degraded: shrunk to the
+    #: first extra catalog's photo size and back up (toolkit/training/sources.py). 0: never.
+    degrade: float = 0.0
+    #: Fixed share of the extra catalogs' photos trained on at all (chosen by id; features are
+    #: computed for those only); 1: all.
+    extra_share: float = 1.0
+    #: Share of the extra catalogs' photos each epoch shows (drawn anew each epoch); 1: all.
+    extra_weight: float = 1.0
     #: Weight of the per-group label loss (image vs every label prompt of a vocabulary group).
     group_loss: float = 1.0
     #: Weight of the image-image loss: photos of the same article type and colour (and each

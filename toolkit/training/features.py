@@ -31,8 +31,9 @@ def training_cache(cache: Path | None = None) -> Path:
 
 
 def cached_rows(cache: Path, keys: list[str], compute: Callable[[list[str]], dict[str, np.ndarray]],
-                names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Rows of arrays `names` for each key, computing only keys the npz cache lacks, then saving."""
+                names: tuple[str, ...], chunk: int | None = None) -> dict[str, np.ndarray]:
+    """Rows of arrays `names` for each key, computing only keys the npz cache lacks, then saving;
+    with `chunk`, saving after each `chunk` keys, so a stopped run keeps what it computed."""
     known: dict[str, int] = {}
     old: dict[str, np.ndarray] = {}
     if cache.is_file():
@@ -40,9 +41,11 @@ def cached_rows(cache: Path, keys: list[str], compute: Callable[[list[str]], dic
             known = {str(k): i for i, k in enumerate(z["keys"])}
             old = {n: z[n] for n in names}
     todo = sorted({k for k in keys if k not in known})
-    if todo:
-        new = compute(todo)
-        all_keys = list(known) + todo
+    step = chunk or max(1, len(todo))
+    for start in range(0, len(todo), step):
+        part = todo[start:start + step]
+        new = compute(part)
+        all_keys = list(known) + part
         old = {n: np.concatenate(([old[n]] if old else []) + [new[n]]) for n in names}
         with atomic_path(cache) as tmp:
             np.savez(tmp, keys=np.array(all_keys), **old)
@@ -131,3 +134,37 @@ def text_features(texts: list[str], featurizer: TextFeaturizer, cache: Path, pro
         return {"feats": featurizer([by_key[k] for k in todo])}
 
     return cached_rows(cache, keys, compute, ("feats",))["feats"]
+
+
+def shaped_features(paths: list[Path], featurizer: ImageFeaturizer, folder: Path, shape: tuple[int, int],
+                    degrade_to: tuple[int, int] | None, progress: Progress) -> np.ndarray:
+    """Backbone + colour features of each photo first resized to `shape` (w, h), the main
+    folder's photo size, so that an extra folder's photos have the main one's proportions;
+    with `degrade_to`, shrunk to that size and back up to `shape` (a 224 px photo made to look
+    like a small one). No mirror images: these rows are shown as they are. Cached by file
+    SHA-256 in a file named by both sizes."""
+    from PIL import Image
+
+    hashes, by_hash = file_hashes(paths)
+    size = featurizer.image_size
+
+    def picture(h: str) -> np.ndarray:
+        img = Image.open(by_hash[h]).convert("RGB")
+        if degrade_to is not None:
+            img = img.resize(degrade_to, Image.BICUBIC, reducing_gap=2.0)
+        if img.size != shape:
+            img = img.resize(shape, Image.BICUBIC)
+        return to_square(img, size)
+
+    def compute(keys: list[str]) -> dict[str, np.ndarray]:
+        out, t0 = [], time.time()
+        for i in range(0, len(keys), 256):
+            batch = np.stack([picture(h) for h in keys[i: i + 256]])
+            out.append(np.concatenate([featurizer.backbone(batch), colour_batch(batch)], axis=1))
+            done = min(i + 256, len(keys))
+            progress(f"features: {done}/{len(keys)} resized photos ({done / (time.time() - t0):.0f} photos/s)")
+        return {"feats": np.concatenate(out)}
+
+    name = f"{shape[0]}x{shape[1]}" + (f"-from-{degrade_to[0]}x{degrade_to[1]}" if degrade_to else "")
+    cache = folder / f"shaped-{name}-{featurizer.features_key}-{COLOUR_VERSION}.npz"
+    return cached_rows(cache, hashes, compute, ("feats",), chunk=4096)["feats"]

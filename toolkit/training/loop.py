@@ -28,11 +28,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_views(n_items: int, n_views: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """A view per item: 0 (the photo) or 1 (its mirror image) half the time, else one of the
-    random views 2..n_views-1; never the view `exclude` names for that item."""
+def pick_views(n_items: int, n_views: int, exclude: np.ndarray | None = None, share: float = 0.5) -> np.ndarray:
+    """A view per item: 0 (the photo) or 1 (its mirror image), else (a `share` of the time) one
+    of the other views 2..n_views-1; never the view `exclude` names for that item."""
     own = np.random.randint(0, 2, n_items)
-    view = np.where(np.random.rand(n_items) < 0.5, own, np.random.randint(2, n_views, n_items))
+    view = np.where(np.random.rand(n_items) >= share, own, np.random.randint(2, n_views, n_items))
     if exclude is not None:
         same = view == exclude
         view[same] = (view[same] + 1 + np.random.randint(0, n_views - 1, int(same.sum()))) % n_views
@@ -41,10 +41,14 @@ def pick_views(n_items: int, n_views: int, exclude: np.ndarray | None = None) ->
 
 def fit(img_f: np.ndarray, img_m: np.ndarray | None, txt_f: np.ndarray, caps: Captions,
         cfg: TrainConfig, heads_cfg: HeadsConfig, progress: Progress,
-        views: list[np.ndarray] | None = None) -> tuple[Heads, float]:
+        views: list[np.ndarray] | None = None, view_share: float = 0.5,
+        n_main: int | None = None) -> tuple[Heads, float]:
     """The training loop over cached features; returns the heads and the last epoch's mean loss.
-    `views`: features of random views of each photo (`augmented_features`), used with the
-    photo and its mirror image as the batch's two views of each item."""
+    `views`: features of other views of each photo (random views, `augmented_features`;
+    degraded copies, `sources.training_features`), used with the photo and its mirror image as
+    the batch's two views of each item, one of them a view `view_share` of the time.
+    `n_main`: rows from there on come from extra catalogs; each epoch shows a
+    `cfg.extra_weight` share of them (drawn anew each epoch) and every main row."""
     import torch
 
     from taggers.offline import Heads
@@ -53,7 +57,9 @@ def fit(img_f: np.ndarray, img_m: np.ndarray | None, txt_f: np.ndarray, caps: Ca
     rng = random.Random(cfg.seed)
     heads = Heads(heads_cfg)
     opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(img_f)
+    n_main = len(img_f) if n_main is None else n_main
+    n_extra = round((len(img_f) - n_main) * min(1.0, cfg.extra_weight))
+    n = n_main + n_extra
     steps_per_epoch = max(1, n // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                 pct_start=0.1)
@@ -68,13 +74,16 @@ def fit(img_f: np.ndarray, img_m: np.ndarray | None, txt_f: np.ndarray, caps: Ca
     for epoch in range(cfg.epochs):
         heads.train()
         perm = np.random.permutation(n)
+        if n_main + n_extra < len(img_f):  # a fresh draw of the extra rows for this epoch
+            drawn = n_main + np.random.permutation(len(img_f) - n_main)[:n_extra]
+            perm = np.concatenate([np.arange(n_main), drawn])[perm]
         losses = []
         for s in range(steps_per_epoch):
             items = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             cand = sample_captions(caps, items, cfg.caption_weights, rng)
             if every is not None:
-                a = pick_views(len(items), len(every))
-                b = pick_views(len(items), len(every), exclude=a)
+                a = pick_views(len(items), len(every), share=view_share)
+                b = pick_views(len(items), len(every), exclude=a, share=view_share)
                 idx = torch.from_numpy(items)
                 x, other = every[torch.from_numpy(a), idx], every[torch.from_numpy(b), idx]
             else:

@@ -44,6 +44,15 @@ def is_holdout(product_id: str) -> bool:
     return not is_eval(product_id) and _bucket(_HOLDOUT_SALT, product_id) < HOLDOUT_FRACTION
 
 
+_SHARE_SALT = "toolkit-extra-share-v1:"
+
+
+def in_share(product_id: str, share: float) -> bool:
+    """Whether an id belongs to a fixed `share` of ids (by its own SHA-1 bucket): the extra photos
+    `--extra-share` keeps, the same on every machine and run."""
+    return share >= 1.0 or _bucket(_SHARE_SALT, product_id) < share
+
+
 def trains_on(product_id: str, exclude_eval: bool = True, hold_out: bool = False) -> bool:
     """Whether training may see this id: never an eval id (unless `exclude_eval` is off), nor
     with `hold_out` one of the holdout fifth."""

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -20,8 +20,9 @@ from toolkit.ground.errors import CatalogError
 from toolkit.ground.files import write_text_atomic
 from toolkit.training.captions import REQUIRED_COLUMNS, load_vocabulary
 from toolkit.training.config import Progress
-from toolkit.training.features import image_features, training_cache
-from toolkit.training.split import SPLIT_NAME, training_rows
+from toolkit.training.features import training_cache
+from toolkit.training.sources import training_data, training_features
+from toolkit.training.split import SPLIT_NAME
 
 if TYPE_CHECKING:
     from taggers.offline import TagHeads
@@ -54,9 +55,11 @@ def group_targets(rows: list[dict[str, str]], vocab: dict) -> tuple[dict[str, li
 
 def fit_tag_heads(feats: np.ndarray, mirror: np.ndarray | None, labels: dict[str, list[str]],
                   targets: dict[str, np.ndarray], *, heads_sha256: str, epochs: int = 25, seed: int = 0,
-                  progress: Progress | None = None) -> "TagHeads":
+                  progress: Progress | None = None, degraded: np.ndarray | None = None,
+                  degrade: float = 0.0) -> "TagHeads":
     """One classifier per group on standardised features; each batch shows a photo or its
-    mirror image. Cross-entropy with label smoothing, AdamW, one-cycle schedule."""
+    mirror image (or, a `degrade` share of the time, its `degraded` copy). Cross-entropy with
+    label smoothing, AdamW, one-cycle schedule."""
     import torch
 
     from taggers.offline import TagHeads, TagHeadsConfig
@@ -70,6 +73,7 @@ def fit_tag_heads(feats: np.ndarray, mirror: np.ndarray | None, labels: dict[str
     model.std.copy_(torch.from_numpy(std.astype(np.float32)))
     x = torch.tensor(feats, dtype=torch.float32)
     xm = torch.tensor(mirror, dtype=torch.float32) if mirror is not None else x
+    xd = torch.tensor(degraded, dtype=torch.float32) if degraded is not None and degrade > 0 else None
     ys = {name: torch.from_numpy(y) for name, y in targets.items()}
     batch = 128
     steps = (len(x) + batch - 1) // batch
@@ -82,7 +86,11 @@ def fit_tag_heads(feats: np.ndarray, mirror: np.ndarray | None, labels: dict[str
         for s in range(steps):
             b = order[s * batch:(s + 1) * batch]
             flip = torch.from_numpy(rng.random(len(b)) < 0.5)[:, None]
-            logits = model.logits(torch.where(flip, xm[b], x[b]))
+            shown = torch.where(flip, xm[b], x[b])
+            if xd is not None:
+                worse = torch.from_numpy(rng.random(len(b)) < degrade)[:, None]
+                shown = torch.where(worse, xd[b], shown)
+            logits = model.logits(shown)
             losses = [torch.nn.functional.cross_entropy(logits[n], ys[n][b], ignore_index=-1, label_smoothing=0.1)
                       for n in logits if (ys[n][b] >= 0).any()]
             if not losses:
@@ -102,17 +110,21 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
                     *, exclude_eval: bool = True, hold_out: bool = False, epochs: int = 25, seed: int = 0,
                     threads: int = 0, runtime: str = "auto", limit: int | None = None,
                     vocabulary: Path | None = None, progress: Progress | None = None,
-                    cache: Path | None = None) -> TagTrainReport:
+                    cache: Path | None = None, extra: Sequence[tuple[Path, Path]] = (),
+                    degrade: float = 0.0, extra_share: float = 1.0) -> TagTrainReport:
     """Train the classifiers for a heads file (default: the shipped one) on the catalog's photos
     and write them beside it; the heads' sidecar records their SHA-256 and training. `cache`:
-    the data directory's cache folder (default: that of the settings in force)."""
+    the data directory's cache folder (default: that of the settings in force). `extra` and
+    `degrade`: more catalogs, and main photos shown degraded, as for the heads
+    (toolkit/training/sources.py)."""
     from taggers.offline import save_tag_heads
 
     cache = training_cache(cache)
     say = progress or (lambda _msg: None)
     t0 = time.time()
-    rows, _ = training_rows(Path(images_dir), Path(catalog_csv), exclude_eval, limit, hold_out,
-                            required=REQUIRED_COLUMNS)
+    data = training_data(Path(images_dir), Path(catalog_csv), extra, exclude_eval=exclude_eval, limit=limit,
+                         hold_out=hold_out, required=REQUIRED_COLUMNS, extra_share=extra_share)
+    rows = data.rows
     labels, targets = group_targets(rows, load_vocabulary(vocabulary))
     if not labels:
         raise CatalogError(f"--catalog {catalog_csv}: no column of the tag vocabulary has labels to learn")
@@ -121,18 +133,20 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
                             precision="fp32", cache=cache)
     heads_file = model.verified_heads
     # The embedder's own featurizer: the backbone, fine-tuned blocks and mid-level taps the heads use.
-    feats, mirror = image_features([Path(images_dir) / f"{r['id']}.jpg" for r in rows], model.images,
-                                   cache / "features", True, say)
-    feats, mirror = feats[:, : model.heads().cfg.image_in], mirror[:, : model.heads().cfg.image_in]
-    tag_heads = fit_tag_heads(feats, mirror, labels, targets, heads_sha256=file_sha256(heads_file),
-                              epochs=epochs, seed=seed, progress=say)
+    feats, mirror, degraded = training_features(data, model.images, cache / "features", True, degrade > 0, say)
+    width = model.heads().cfg.image_in
+    tag_heads = fit_tag_heads(feats[:, :width], mirror[:, :width] if mirror is not None else None, labels, targets,
+                              heads_sha256=file_sha256(heads_file), epochs=epochs, seed=seed, progress=say,
+                              degraded=degraded[:, :width] if degraded is not None else None, degrade=degrade)
     out = Path(out) if out else tag_heads_path(heads_file)
     save_tag_heads(tag_heads, out)
     sha = sha256_file(out)
     groups = {n: len(v) for n, v in labels.items()}
     _record_in_sidecar(heads_file, out, sha, {"n_train": len(rows), "epochs": epochs, "seed": seed,
                                               "split": SPLIT_NAME, "exclude_eval": exclude_eval,
-                                              "hold_out": hold_out, "groups": groups})
+                                              "hold_out": hold_out, "groups": groups, "degrade": degrade,
+                                              "extra_share": extra_share,
+                                              "sources": [s.images.name for s in (data.main, *data.extra)]})
     return TagTrainReport(out=out, sha256=sha, groups=groups, n_train=len(rows), seconds=time.time() - t0)
 
 

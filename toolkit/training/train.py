@@ -15,7 +15,9 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
 
 from taggers.offline import (BACKBONE_DIM, COLOUR_DIM, COLOUR_VERSION, LITE0, ImageFeaturizer, OfflineEmbedder,
                              TextFeaturizer, backbone_spec, model_prefix, read_sidecar, sha256_file, sidecar_path,
@@ -24,10 +26,11 @@ from toolkit.ground.errors import ConfigError
 from toolkit.ground.files import write_text_atomic
 from toolkit.training.captions import COMBOS, REQUIRED_COLUMNS, TEMPLATES, build_captions, load_vocabulary
 from toolkit.training.config import Progress, TrainConfig, TrainReport
-from toolkit.training.features import augmented_features, image_features, text_features, training_cache
+from toolkit.training.features import augmented_features, text_features, training_cache
 from toolkit.training.finetune import finetune_stage
 from toolkit.training.loop import fit
-from toolkit.training.split import SPLIT_NAME, training_rows
+from toolkit.training.sources import TrainingData, training_data, training_features
+from toolkit.training.split import SPLIT_NAME
 from toolkit.training.tag_heads import train_tag_heads
 
 if TYPE_CHECKING:
@@ -36,10 +39,12 @@ if TYPE_CHECKING:
 
 def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60, seed: int = 0,
                 exclude_eval: bool = True, vocabulary: Path | None = None, progress: Progress | None = None,
-                cache: Path | None = None, **options: object) -> TrainReport:
+                cache: Path | None = None, extra: Sequence[tuple[Path, Path]] = (),
+                **options: object) -> TrainReport:
     """Train projection heads on the catalog's photos and write them (plus a JSON sidecar) to `out`.
     `cache`: the data directory's cache folder (default: that of the settings in force), where
-    features are kept between runs."""
+    features are kept between runs. `extra`: more (images folder, catalog) pairs trained on
+    beside the main one (toolkit/training/sources.py)."""
     from taggers.offline import HeadsConfig, save_heads
 
     cache = training_cache(cache)
@@ -50,10 +55,20 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     size = backbone_spec(cfg.backbone).image_size  # an unknown backbone fails before any work
     if cfg.finetune_blocks and cfg.backbone != LITE0:
         raise ConfigError(f"--finetune-blocks works with {LITE0} only, not {cfg.backbone}")
+    if cfg.finetune_blocks and extra:
+        raise ConfigError("--finetune-blocks trains on one --images/--catalog pair only")
+    if not 0.0 <= cfg.degrade < 1.0:
+        raise ConfigError("--degrade must be at least 0 and under 1")
+    if not 0.0 < cfg.extra_weight <= 1.0:
+        raise ConfigError("--extra-weight must be over 0 and at most 1")
     t0 = time.time()
-    rows, excluded = training_rows(Path(images_dir), Path(catalog_csv), cfg.exclude_eval, cfg.limit, cfg.hold_out,
-                                   required=REQUIRED_COLUMNS)
-    say(f"training on {len(rows)} photos ({excluded} eval/holdout/other items left out)")
+    data = training_data(Path(images_dir), Path(catalog_csv), extra, exclude_eval=cfg.exclude_eval,
+                         limit=cfg.limit, hold_out=cfg.hold_out, required=REQUIRED_COLUMNS,
+                         extra_share=cfg.extra_share)
+    rows, excluded = data.rows, data.excluded
+    say(f"training on {len(rows)} photos ({len(data.main.rows)} from {data.main.images}"
+        + "".join(f", {len(s.rows)} from {s.images}" for s in data.extra)
+        + f"; {excluded} eval/holdout/other items left out)")
     vocab = load_vocabulary(vocabulary)
     if cfg.mid_features is None:
         cfg.mid_features = backbone_spec(cfg.backbone).mid
@@ -64,8 +79,8 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
     # fp32: the heads learn from the exact features, whatever this CPU would run at.
     featurizer = ImageFeaturizer(cfg.runtime, 64, cfg.threads, mid=cfg.mid_features,  # type: ignore[arg-type]
                                  backbone=cfg.backbone, precision="fp32", cache=cache)
-    paths = [Path(images_dir) / f"{r['id']}.jpg" for r in rows]
-    img_f, img_m = image_features(paths, featurizer, cache / "features", cfg.flip, say)
+    paths = data.main.paths
+    img_f, img_m, degraded = training_features(data, featurizer, cache / "features", cfg.flip, cfg.degrade > 0, say)
     caps = build_captions(rows, vocab)
     texts = TextFeaturizer(128, cfg.threads)
     txt_f = text_features(caps.texts, texts, cache / "features" / f"text-{texts.features_key}.npz", say)
@@ -73,34 +88,45 @@ def train_heads(images_dir: Path, catalog_csv: Path, out: Path, epochs: int = 60
                             colour_dim=COLOUR_DIM, colour_version=COLOUR_VERSION, backbone_dim=BACKBONE_DIM,
                             mid_features=cfg.mid_features, mid_dim=featurizer.backbone_dim - BACKBONE_DIM,
                             hidden=cfg.hidden, dim=cfg.dim, dropout=cfg.dropout)
-    views = None
+    views = []
     if cfg.augment_views:
-        views = augmented_features(paths, featurizer, cache / "features", cfg.augment_views, say)
-    heads, loss = fit(img_f, img_m, txt_f, caps, cfg, heads_cfg, say, views)
+        # Extra photos have no random views of their own: their features stand in.
+        own = img_f[len(paths):]
+        views = [np.concatenate([v, own]) for v in
+                 augmented_features(paths, featurizer, cache / "features", cfg.augment_views, say)]
+    if degraded is not None:
+        views.append(degraded)
+    share = cfg.degrade if degraded is not None and not cfg.augment_views else 0.5
+    heads, loss = fit(img_f, img_m, txt_f, caps, cfg, heads_cfg, say, views or None, view_share=share,
+                      n_main=len(paths))
     backbone_state = None
     if cfg.finetune_blocks:
         heads, backbone_state, loss = finetune_stage(heads, paths, img_f[:, BACKBONE_DIM:], txt_f, caps, cfg,
                                                      cache, say)
     save_heads(heads, out, backbone_state)
     sha = sha256_file(out)
-    write_sidecar(out, sha, heads_cfg, cfg, rows, excluded, len(caps.texts), loss)
+    write_sidecar(out, sha, heads_cfg, cfg, data, excluded, len(caps.texts), loss)
     if cfg.tag_heads:
         train_tag_heads(Path(images_dir), Path(catalog_csv), heads_path=Path(out), exclude_eval=cfg.exclude_eval,
                         hold_out=cfg.hold_out, seed=cfg.seed, threads=cfg.threads, runtime=cfg.runtime,
-                        limit=cfg.limit, vocabulary=vocabulary, progress=say, cache=cache)
+                        limit=cfg.limit, vocabulary=vocabulary, progress=say, cache=cache, extra=extra,
+                        degrade=cfg.degrade, extra_share=cfg.extra_share)
     return TrainReport(out=Path(out), sha256=sha, model_id=f"{model_prefix(cfg.backbone)}:{sha[:12]}",
                        n_train=len(rows), n_captions=len(caps.texts), epochs=cfg.epochs, final_loss=loss,
                        seconds=time.time() - t0, excluded_eval=excluded)
 
 
-def write_sidecar(out: Path, sha: str, heads_cfg: "HeadsConfig", cfg: TrainConfig, rows: list[dict], excluded: int,
-                  n_captions: int, loss: float) -> None:
+def write_sidecar(out: Path, sha: str, heads_cfg: "HeadsConfig", cfg: TrainConfig, data: TrainingData,
+                  excluded: int, n_captions: int, loss: float) -> None:
     """What the heads are and how they were made: enough to check and reproduce them."""
+    rows = data.rows
     ids = sorted(r["id"] for r in rows)
     meta = {
         "sha256": sha,
         "config": asdict(heads_cfg),
         "training": {**asdict(cfg), "split": SPLIT_NAME, "n_train": len(rows), "left_out": excluded,
+                     "sources": [{"images": s.images.name, "catalog": s.catalog.name, "n_train": len(s.rows)}
+                                 for s in (data.main, *data.extra)],
                      "train_ids_sha256": hashlib.sha256(",".join(ids).encode()).hexdigest(),
                      "n_captions": n_captions, "final_loss": round(loss, 5),
                      "loss": "multi-positive symmetric InfoNCE + per-group label cross-entropy + "

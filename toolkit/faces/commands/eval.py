@@ -23,8 +23,12 @@ def eval_(
     images: Path = typer.Option(..., "--images", help="Folder holding the catalog's photos."),
     out_dir: Path = typer.Option(Path("eval-report"), "--out", help="Folder for eval.json and eval.html."),
     limit: int | None = typer.Option(None, "--limit", min=2, help="Score only the first N photos (quick runs)."),
-    split: str = typer.Option("eval", "--split", help="eval (the fixed eval split), holdout (the training "
-                                 "fifth `model train --hold-out` leaves out) or all."),
+    split: str = typer.Option(None, "--split", help="eval (the fixed eval split; the default), holdout (the "
+                              "training fifth `model train --hold-out` leaves out) or all (the default with "
+                              "--mapping)."),
+    mapping: str = typer.Option(None, "--mapping", metavar="FILE", help="A JSON file mapping the catalog's columns "
+                                "and values to the tag vocabulary's (or a shipped one's name: hm, for the H&M "
+                                "articles.csv); see toolkit/evaluation/mappings/hm.json."),
     fail_under: list[str] = typer.Option([], "--fail-under", metavar="METRIC=VALUE",
                                          help="Exit 1 when METRIC is under VALUE; repeatable."),
     compare_with: Path = typer.Option(None, "--compare", help="The --out folder of an earlier run on the same "
@@ -58,6 +62,10 @@ def eval_(
     that much, so a gate closer than that to the figure fails by chance.
 
     \b
+    With --mapping FILE, a catalog with other columns (the H&M articles)
+    is read through a mapping to the vocabulary's columns and values.
+
+    \b
     Example: --fail-under image.articleType.p@5=0.85
              --fail-under text.recall@10=0.5
              --compare last-release/ --fail-if-worse tags.baseColour.accuracy
@@ -65,7 +73,7 @@ def eval_(
     gates = [parse_gate(g) for g in fail_under]
     tk = Toolkit()
     # A mistyped gate or a missing baseline fails now, not after the photos are indexed.
-    known = planned_metrics(catalog, tk.settings.vocabulary)
+    known = planned_metrics(catalog, tk.settings.vocabulary, mapping)
     check_gate_names(gates, known)
     unknown = [m for m in fail_if_worse if m not in known]
     if unknown:
@@ -74,7 +82,7 @@ def eval_(
     if fail_if_worse and compare_with is None:
         raise ConfigError("--fail-if-worse needs --compare: the --out folder of the run to compare with")
     baseline = load_items(compare_with) if compare_with is not None else None
-    report = _run_with_progress(tk, catalog, images, limit, split)
+    report = _run_with_progress(tk, catalog, images, limit, split, mapping)
     comparison = Comparison.of(compare_with, *baseline, report.per_item) if baseline else None
     _write(report, out_dir, comparison)
     if as_json:
@@ -98,12 +106,13 @@ def eval_(
         raise typer.Exit(1)
 
 
-def _run_with_progress(tk: Toolkit, catalog: Path, images: Path, limit: int | None, split: str) -> EvalReport:
+def _run_with_progress(tk: Toolkit, catalog: Path, images: Path, limit: int | None, split: str | None,
+                       mapping: str | None = None) -> EvalReport:
     with Progress(TextColumn("[bold]indexing[/]"), BarColumn(bar_width=None),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err, transient=True,
                   disable=not err.is_terminal) as bar:
         task = bar.add_task("", total=None)
-        return evaluate(catalog, images, tk, limit=limit, split=split,
+        return evaluate(catalog, images, tk, limit=limit, split=split, mapping=mapping,  # type: ignore[arg-type]
                            on_item=lambda ref, status, reason: bar.update(task, advance=1),
                            on_listed=lambda n: bar.update(task, total=n))
 
@@ -152,6 +161,11 @@ def print_table(r: EvalReport) -> None:
               f"{len(r.skipped)} skipped, {r.seconds:.0f} s", highlight=False, soft_wrap=True)
     if r.measured_on:
         out.print(f"measured with the {r.measured_on.get('line')}", highlight=False, soft_wrap=True)
+    if r.mapping:
+        from toolkit.evaluation.mapping import MappingSummary
+
+        for line in MappingSummary(**r.mapping).lines():
+            out.print(line, highlight=False, soft_wrap=True)
     m = r.metrics
     attrs = r.attributes + (["all"] if len(r.attributes) > 1 else [])
     t = Table("retrieval", *attrs, title=None, box=None, pad_edge=False)
