@@ -155,10 +155,12 @@ def media_fields(ref: MediaRef, media: Media) -> Metadata:
 
 
 def build_records(media: Media, media_tags: list[Tag], frame_tags: dict[int, list[Tag]],
-                  product: Product | None, providers: set[str] = frozenset(),
+                  product: Metadata | None, providers: set[str] = frozenset(),
                   versions: dict[str, str] | None = None) -> list[Record]:
+    """`product`: the linked product's fields as `product_fields` gives them (None: no product);
+    its catalog tag values join each record's filter tokens."""
     assert media.embeddings is not None and len(media.embeddings) == len(media.frames)
-    base = {**media_fields(media.ref, media), **product_fields(product)}
+    base = {**media_fields(media.ref, media), **(product or {})}
     records = []
     for i, frame in enumerate(media.frames):
         frame_no = i if media.kind == "video" else None

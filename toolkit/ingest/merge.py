@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from toolkit.ingest.freshness import stored_versions, tagger_version
-from toolkit.records import build_records, linked_to, stored_frame_tags, stored_media_tags
+from toolkit.records import build_records, stored_frame_tags, stored_media_tags
 
 if TYPE_CHECKING:
     from store.base import Metadata, Record
@@ -43,11 +43,8 @@ def merge(it: "WorkItem", results: Results) -> Merged:
     earlier = kept(it)
     media_tags, frame_tags = _tags(earlier, results)
     carried = set(earlier[0].get("providers", [])) - set(results) if earlier else set()
-    records = build_records(it.media, media_tags, frame_tags, None, providers=set(results) | carried,
+    records = build_records(it.media, media_tags, frame_tags, it.product, providers=set(results) | carried,
                             versions=_versions(it, earlier, results))
-    if it.product:
-        for r in records:
-            r.metadata = linked_to(r.metadata, it.product)
     return Merged(records, carried)
 
 
