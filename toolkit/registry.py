@@ -15,6 +15,7 @@ from toolkit.ground.settings import Settings
 if TYPE_CHECKING:
     from connectors.base import Connector
     from store.base import StoreBackend, VectorStore
+    from store.filter_index import Filterable
     from taggers.base import Embedder, Tagger
 
 
@@ -132,26 +133,29 @@ def store_backend(settings: Settings) -> "StoreBackend":
 def store(settings: Settings, embedder: "Embedder", collection: str | None = None, *, create: bool = True,
           build_index: bool = True) -> "VectorStore":
     """A collection for `embedder`'s vectors, its filter index keeping the fields filters read."""
+    return store_backend(settings).open(collection or settings.collection, model_id=embedder.model_id,
+                                        dim=embedder.dim, create=create, build_index=build_index,
+                                        filterable=_filterable())
+
+
+def _filterable() -> "Filterable":
+    """The record fields the store's filter index keeps: those filters read (toolkit/records.py)."""
     from store.filter_index import Filterable
     from toolkit.records import INDEXED_KEYS, INDEXED_PREFIXES
 
-    return store_backend(settings).open(collection or settings.collection, model_id=embedder.model_id,
-                                        dim=embedder.dim, create=create, build_index=build_index,
-                                        filterable=Filterable(frozenset(INDEXED_KEYS), INDEXED_PREFIXES))
+    return Filterable(frozenset(INDEXED_KEYS), INDEXED_PREFIXES)
 
 
 def stored(settings: Settings, name: str) -> "VectorStore | None":
     """Collection `name` as it is, opened with the model that built it (whatever the model in
     use), or None when the store has no such collection: what `toolkit reindex` reads from."""
     from store import collections
-    from store.filter_index import Filterable
-    from toolkit.records import INDEXED_KEYS, INDEXED_PREFIXES
 
     if not collections.exists(settings, name):
         return None
     model_id, dim = collections.built_by(settings, name)
     return store_backend(settings).open(name, model_id=model_id, dim=dim, create=False,  # type: ignore[arg-type]
-                                        filterable=Filterable(frozenset(INDEXED_KEYS), INDEXED_PREFIXES))
+                                        filterable=_filterable())
 
 
 def _local_tagger(settings: Settings, embedder: "Embedder") -> "Tagger":
