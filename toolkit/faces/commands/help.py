@@ -119,16 +119,27 @@ def _write_sections(command: Any, ctx: Any, formatter: Any) -> None:
             formatter.write_dl(options)
 
 
-class PlainCommand(TyperCommand):
+class _PlainHelp:
+    """What commands and groups share: the usage line, then the text, the parameters, and what
+    each kind lists below them (`_format_rest`), then the epilog."""
+
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return _usage_pieces(self, ctx)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        self.format_usage(ctx, formatter)
-        self.format_help_text(ctx, formatter)
+        self.format_usage(ctx, formatter)  # type: ignore[attr-defined]
+        self.format_help_text(ctx, formatter)  # type: ignore[attr-defined]
         _write_sections(self, ctx, formatter)
+        self._format_rest(ctx, formatter)
+        self.format_epilog(ctx, formatter)  # type: ignore[attr-defined]
+
+    def _format_rest(self, ctx: Any, formatter: Any) -> None:
+        raise NotImplementedError
+
+
+class PlainCommand(_PlainHelp, TyperCommand):
+    def _format_rest(self, ctx: Any, formatter: Any) -> None:
         _write_examples(ctx, formatter)
-        self.format_epilog(ctx, formatter)
 
 
 def summary(command: Any) -> str:
@@ -138,23 +149,19 @@ def summary(command: Any) -> str:
     return text[: end + 1] if end >= 0 else text
 
 
-class PlainGroup(TyperGroup):
+class PlainGroup(_PlainHelp, TyperGroup):
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [*_usage_pieces(self, ctx), self.subcommand_metavar]
+
+    def _format_rest(self, ctx: Any, formatter: Any) -> None:
+        self.format_commands(ctx, formatter)
+
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         rows = [(name, summary(cmd)) for name in self.list_commands(ctx)
                 if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
-
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return _usage_pieces(self, ctx)
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        self.format_usage(ctx, formatter)
-        self.format_help_text(ctx, formatter)
-        _write_sections(self, ctx, formatter)
-        self.format_commands(ctx, formatter)
-        self.format_epilog(ctx, formatter)
 
 
 def plain_help(app: Any) -> Any:
