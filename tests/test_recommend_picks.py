@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 
 from toolkit.recommend.errors import UnknownProduct
+from toolkit.recommend.models import Options
 from toolkit.recommend.evaluate import ap_at_k
 from toolkit.recommend.records import Event
 from toolkit.recommend.service import Recommender
@@ -112,6 +113,10 @@ def test_a_known_user_gets_their_purchases_again_first_then_new_things_with_reas
     assert result.picks[0].reason == "buy it again: you bought it on 2024-03-01"
     others = result.picks[2:]
     assert "a2" in ids(result) and all(p.product_id not in ("a1", "b1") for p in others)
+    # Scores run from 0 to 1 in the order shown: recent purchases 0.75 and up, every other pick at most 0.5.
+    scores = [p.score for p in result.picks]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.75 <= s <= 1 for s in scores[:2]) and all(0 < s <= 0.5 for s in scores[2:])
     a2 = next(p for p in result.picks if p.product_id == "a2")
     assert a2.reason in ("another colour of Strap top black, which you bought", "because you bought Strap top black",
                          "because you bought Denim skirt")
@@ -135,10 +140,16 @@ def test_a_new_event_changes_a_users_picks_at_once(tmp_path):
     assert ids(result)[0] == "d1" and result.picks[0].reason == "buy it again: you bought it on 2024-03-08"
 
 
-def test_a_user_with_no_events_gets_trending_in_their_segment_or_overall(rec):
+def test_a_user_with_no_events_gets_trending_in_their_segment_or_overall(rec, tmp_path):
     young = rec.for_user("u9", k=3)  # 24: u1 and u2 (22, 23) bought a1 and b1
     assert young.note == "no events for user 'u9': trending in their segment"
-    assert set(ids(young)) == {"a1", "b1"} and young.picks[0].reason == "trending in age under 25"
+    # The segment's list shrunk toward everyone's (30 days, half-life 30, 100 pseudo-purchases): overall a1
+    # (4 sold) leads a2 and b1 (3 each, a2's later); the segment's 2 purchases of b1 lift it over a2.
+    # a1: (1.762 + 100 x 3.650 / 12.10) / (3.524 + 100) = 0.308; b1: 0.230; a2: 0.224.
+    assert ids(young) == ["a1", "b1", "a2"] and young.picks[0].reason == "trending in age under 25"
+    assert [p.score for p in young.picks] == pytest.approx([0.3084, 0.2304, 0.2235], abs=1e-4)
+    own = Recommender(rec.data_dir, store=rec.events, options=Options(cold_start="segment"))
+    assert set(ids(own.for_user("u9", k=3))) == {"a1", "b1"}  # the segment's own list: only what it bought
     nobody = rec.for_user("nobody", k=2)
     assert nobody.note == "no events for user 'nobody': trending overall"
     assert len(nobody.picks) == 2 and nobody.picks[0].reason == "trending now"
@@ -251,3 +262,44 @@ def test_models_an_older_toolkit_wrote_are_refused_with_the_fix(tmp_path):
     with pytest.raises(StaleModels, match=r"older toolkit; run `toolkit recommend train`$"):
         Recommender(tmp_path / "data").together("a1")
 
+
+
+def test_a_products_vector_joins_its_photos_and_its_titles_so_a_product_without_photos_is_reached(tmp_path):
+    import numpy as np
+
+    from store.base import Record
+    from toolkit.recommend.content import from_store
+    from toolkit.recommend.picks import Weights
+
+    class Collection:
+        model_id = "test-model"
+
+        def __init__(self, records):
+            self.records = records
+
+        def get(self, include_embeddings=False):
+            return self.records
+
+    def rec(i, product, v):
+        return Record(id=i, embedding=np.asarray(v, dtype=np.float32), metadata={"product_id": product})
+
+    media = Collection([rec("m1", "a1", [1, 0]), rec("m2", "n1", [0.6, 0.8]), rec("m3", "c1", [0, 1])])
+    # The catalog's titles: n1's reads like a1's; d1 has a title and no photo yet.
+    titles = Collection([rec("a1", "a1", [1, 0]), rec("n1", "n1", [3, 0]), rec("d1", "d1", [0.8, 0.6])])
+    vectors = from_store(media, titles)
+    assert vectors.ids == ["a1", "c1", "d1", "n1"]
+    m = dict(zip(vectors.ids, vectors.matrix))
+    # Similarity: the mean of the photos' and the titles' cosines; a missing half adds nothing.
+    assert float(m["a1"] @ m["n1"]) == pytest.approx((0.6 + 1.0) / 2)
+    assert float(m["a1"] @ m["d1"]) == pytest.approx(0.8 / 2)
+    assert float(m["a1"] @ m["c1"]) == pytest.approx(0.0)
+    assert from_store(media, Collection([])).matrix.shape == (3, 2)  # no titles: the photos alone
+
+    for name, text in (("items.csv", ITEMS), ("events.csv", "customer_id,article_id,t_dat\nu1,a1,2024-03-01\n"
+                                                                "u2,c1,2024-03-02\n")):
+        (tmp_path / name).write_text(text)
+    weights = Weights(repurchase=0, repurchase_days=0, item=0, als=0, trending=0, variant=0, content=1)
+    shop_ = Recommender(tmp_path / "data", vectors=lambda: vectors, weights=weights)
+    shop_.import_items(tmp_path / "items.csv")
+    shop_.import_events(tmp_path / "events.csv")
+    assert ids(shop_.for_user("u1", k=3)) == ["n1", "d1"]  # c1 shares nothing with a1: no pick

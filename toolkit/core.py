@@ -378,7 +378,7 @@ class Toolkit:
             def vectors():
                 from toolkit.recommend.content import from_store
 
-                return from_store(self.store) if self.store.count() else None
+                return from_store(self.store, self.products_store) if self.store.count() else None
 
             def catalog():
                 from toolkit.recommend.models import Catalog

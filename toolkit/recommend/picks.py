@@ -1,7 +1,9 @@
 """Ranking: picks for a shopper from their history (a blend), bought-together for a product, trending.
 
 Each signal is a score over every item, scaled to [0, 1]; the blend adds them with weights. A pick
-keeps the signal that gave it most of its score, which becomes its reason.
+keeps the signal that gave it most of its score, which becomes its reason. A pick's score is from 0
+to 1 (`shown_score`): what the shopper bought in the last `Weights.repurchase_days` scores 0.75 or
+more and comes first; every other pick scores half its share of the most the blend can give.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from toolkit.recommend.two_tower import recency
 REPURCHASE_HALF_LIFE = 30.0
 #: The least a past purchase scores on "buy it again", however old (before its weight).
 REPURCHASE_FLOOR = 0.5
-#: Score offset that puts recent purchases ahead of every other pick.
+#: Score offset that puts recent purchases ahead of every other pick while ranking (never shown).
 FIRST = 100.0
 
 
@@ -131,11 +133,21 @@ def for_history(models: Models, history: pd.DataFrame, now: datetime, n: int, *,
         looks = np.asarray([i for i, s in zip(best, sources) if s == kind], dtype=np.int64)
         if len(looks) and len(cols):
             because.update(zip(looks.tolist(), (str(data.items[j]) for j in closest(vectors, cols, looks))))
+    most = sum(getattr(weights, name) for name in signals)
     out = []
     for i, source in zip(best.tolist(), sources):
         reason = because[i] if i in because else _because(models, source, i, bought, trend_group)
-        out.append(Candidate(str(data.items[i]), float(total[i]), source, reason))
+        out.append(Candidate(str(data.items[i]), shown_score(float(total[i]), most), source, reason))
     return out
+
+
+def shown_score(total: float, most: float) -> float:
+    """A blend's ranking score as shown, from 0 to 1 in the same order: a recent purchase (FIRST plus its
+    "buy it again" signal, itself from REPURCHASE_FLOOR to 1) maps to 0.75..1, any other pick to half its
+    share of `most`, the sum of the weights of the signals present."""
+    if total >= FIRST:
+        return 0.5 + 0.5 * min(total - FIRST, 1.0)
+    return 0.5 * total / most if most > 0 else 0.0
 
 
 def _tower_scores(models: Models, known: pd.DataFrame, cols: np.ndarray, event_weights: list[float],
@@ -158,7 +170,7 @@ def cold_start(models: Models, n: int, segment: str | None, how: str = "shrunk")
         return [Candidate(str(models.data.items[i]), float(scores[i]), "two_tower", segment) for i in _top(scores, n)]
     if segment and how == "shrunk" and models.by_segment_shrunk is not None:
         rows = models.by_segment_shrunk
-        rows = rows[rows["group"] == segment].head(n)
+        rows = rows[(rows["group"] == segment) & (rows["score"] > 0)].head(n)
         if len(rows):
             return [Candidate(str(i), float(s), "trending", segment) for i, s in zip(rows["item_id"], rows["score"])]
     if segment and how in ("segment", "shrunk"):

@@ -20,6 +20,7 @@ import pandas as pd
 
 from toolkit.ground.errors import ToolkitError
 from toolkit.recommend import picks as ranking
+from toolkit.recommend import reasons
 from toolkit.recommend.errors import StaleModels, UnknownProduct
 from toolkit.recommend.events import EventStore
 from toolkit.recommend.filters import Where, clauses, matches
@@ -230,11 +231,10 @@ class Recommender:
             raise UnknownProduct(f"product {product_id!r} is in neither the events nor the items (nor the vector "
                                  "store); import it with `toolkit events items` or `toolkit events import`")
         found = ranking.together(models, product_id, _pool(k, where))
-        via: dict[str, str] = {}
         note = None
         if not found:
-            found, via, note = self._together_by_looks(models, product_id, k)
-        out = self._finish(found, k, where, min_score, lambda c, items: self._together_reason(models, c, items, via))
+            found, note = self._together_by_looks(models, product_id, k)
+        out = self._finish(found, k, where, min_score, lambda c, items: reasons.together(models, c, items))
         if not out.picks and note is None:
             note = (f"no basket holds {product_id} with another product {models.options.min_baskets} times or more"
                     if not found else "no complement meets the filters")
@@ -251,21 +251,20 @@ class Recommender:
             return False
         return True
 
-    def _together_by_looks(self, models: Models, product_id: str, k: int) -> tuple[list[Candidate], dict[str, str], str | None]:
+    def _together_by_looks(self, models: Models, product_id: str, k: int) -> tuple[list[Candidate], str | None]:
         if self._neighbours is None:
-            return [], {}, f"no basket holds {product_id}, and no vector store is attached to find products like it"
+            return [], f"no basket holds {product_id}, and no vector store is attached to find products like it"
         try:
             neighbours = [n for n in self._neighbours(product_id, 10) if n != product_id]
         except ToolkitError as exc:
-            return [], {}, f"no basket holds {product_id}, and products like it cannot be searched: {exc}"
-        found, via = [], {}
+            return [], f"no basket holds {product_id}, and products like it cannot be searched: {exc}"
+        found: dict[str, Candidate] = {}  # each complement once, through the closest lookalike that has it
         for n in neighbours:
             for c in ranking.together(models, n, k):
-                if c.item_id not in via and c.item_id != product_id:
-                    via[c.item_id] = n
-                    found.append(Candidate(c.item_id, c.score, "together-lookalike", n))
-        found.sort(key=lambda c: -c.score)
-        return found, via, None if found else f"no basket holds {product_id} or the products that look like it"
+                if c.item_id not in found and c.item_id != product_id:
+                    found[c.item_id] = Candidate(c.item_id, c.score, "together-lookalike", n)
+        ranked = sorted(found.values(), key=lambda c: -c.score)
+        return ranked, None if ranked else f"no basket holds {product_id} or the products that look like it"
 
     def for_user(self, user_id: str, k: int = 12, where: Where = None, min_score: float | None = None,
                  buy_again: bool = True) -> Picks:
@@ -284,8 +283,8 @@ class Recommender:
             found = ranking.for_history(models, history, now, _pool(k, where), user_id=user_id, weights=self.weights,
                                         buy_again=buy_again, segment=seg)
             note = None
-        facts = _facts(history)
-        out = self._finish(found, k, where, min_score, lambda c, items: self._user_reason(c, items, facts))
+        facts = reasons.facts(history)
+        out = self._finish(found, k, where, min_score, lambda c, items: reasons.for_user(c, items, facts))
         if not found:
             note = "no purchases at all yet: import some with `toolkit events import`"
         elif not out.picks:
@@ -301,8 +300,8 @@ class Recommender:
         found = ranking.for_history(models, history, models.now, _pool(k, where) + len(item_ids),
                                     weights=SESSION_WEIGHTS, buy_again=False)
         found = [c for c in found if c.item_id not in set(item_ids)]
-        facts = _facts(history)
-        return self._finish(found, k, where, None, lambda c, items: self._user_reason(c, items, facts))
+        facts = reasons.facts(history)
+        return self._finish(found, k, where, None, lambda c, items: reasons.for_user(c, items, facts))
 
     def trending(self, k: int = 12, facet: Mapping[str, str] | None = None, segment_name: str | None = None,
                  where: Where = None) -> Picks:
@@ -370,48 +369,7 @@ class Recommender:
                 shown[i] = shown[i].filled_from(card) if i in shown else card
         return shown
 
-    @staticmethod
-    def _title(items: Mapping[str, Item], item_id: str | None) -> str:
-        item = items.get(item_id) if item_id else None
-        return (item.title if item and item.title else item_id) or "?"
-
-    def _together_reason(self, models: Models, c: Candidate, items: dict[str, Item], via: dict[str, str]) -> str:
-        anchor = c.because or ""
-        rule = next((x for x in models.complements.get(anchor, []) if x.item_id == c.item_id), None)
-        stats = f"confidence {rule.confidence:.2f}, lift {rule.lift:.1f}, {rule.baskets} baskets" if rule else ""
-        if c.source == "together-lookalike":
-            return f"bought with {self._title(items, anchor)}, which looks like it ({stats})"
-        return f"bought together: {stats}"
-
-    def _user_reason(self, c: Candidate, items: dict[str, Item], facts: "HistoryFacts") -> str:
-        if c.source == "repurchase":
-            return f"buy it again: you bought it on {facts.last_bought.get(c.item_id, pd.NaT):%Y-%m-%d}"
-        if c.source in ("item", "als", "bpr"):
-            verb = "bought" if c.because in facts.last_bought else "looked at"
-            return f"because you {verb} {self._title(items, c.because)}"
-        if c.source == "variant":
-            return f"another colour of {self._title(items, c.because)}, which you bought"
-        if c.source == "content":
-            return f"looks like {self._title(items, c.because)}"
-        if c.source == "two_tower":
-            if c.because in facts.last_bought or c.because in items:
-                return f"for shoppers who bought {self._title(items, c.because)}"
-            return f"for shoppers like you ({c.because})" if c.because else "picked for you"
-        return f"trending in {c.because}" if c.because else "trending now"
-
 
 def _pool(k: int, where: Where) -> int:
     """Candidates ranked before filters and min_score cut them down to k: more when filters may drop many."""
     return max(500, 50 * k) if where else 5 * k
-
-
-@dataclass
-class HistoryFacts:
-    """What the reasons need from a shopper's events, worked out once per call."""
-
-    last_bought: dict[str, datetime]
-
-
-def _facts(history: pd.DataFrame) -> HistoryFacts:
-    bought = history[history["event_type"] == "purchase"]
-    return HistoryFacts(bought.groupby("item_id")["ts"].max().to_dict() if len(bought) else {})
