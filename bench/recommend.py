@@ -421,7 +421,7 @@ def run_tune(args, result: dict) -> None:
     purchases = events[events["event_type"] == "purchase"]
     end = (purchases["ts"].max().normalize() + pd.Timedelta(days=1)).to_pydatetime() - timedelta(days=7 * args.weeks)
     base = Options(tower=None)
-    weights = Weights()
+    weights = Weights(two_tower=0)  # the blend the two-tower is added to at each trial weight
     scores: dict[str, list[float]] = {}
     seconds: dict[str, list[float]] = {}
 
@@ -473,10 +473,12 @@ def run_tune(args, result: dict) -> None:
         print(f"  {name:<64} MAP@12 {row['map']:.4f}  ({row['n']})", flush=True)
     tower_seconds = {name: round(float(np.mean(v)), 1) for name, v in seconds.items()}
     print(f"two-tower training, mean seconds per week: {tower_seconds}", flush=True)
-    (RESULTS / "recommend-tune.json").write_text(json.dumps(
-        {"weeks_before": end.strftime("%Y-%m-%d"), "weeks": args.tune_weeks, "scores": table,
-         "tower_seconds": tower_seconds, "cpu": cpu(), "load_average": os.getloadavg()[0]}, indent=2))
-    result["tune"] = {"file": "bench/results/recommend-tune.json"}
+    name = "recommend-tune.json" if args.content == "joined" else f"recommend-tune-{args.content}.json"
+    (RESULTS / name).write_text(json.dumps(
+        {"weeks_before": end.strftime("%Y-%m-%d"), "weeks": args.tune_weeks, "content": args.content,
+         "scores": table, "tower_seconds": tower_seconds, "cpu": cpu(), "load_average": os.getloadavg()[0]},
+        indent=2))
+    result["tune" if args.content == "joined" else f"tune-{args.content}"] = {"file": f"bench/results/{name}"}
 
 
 JOBS = {"eval": run_eval, "tune": run_tune, "train": run_train_and_api, "import": run_import, "rules": run_rules, "miners": run_miners,

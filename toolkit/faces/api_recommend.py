@@ -30,8 +30,9 @@ class PickOut(BaseModel):
     image_url: str | None = Field(description="The product's picture: the items table's http(s) link, else "
                                               "the store's photo of it, served by this service (/media/...).")
     score: float = Field(description="Bought together: the rule's confidence. For a shopper: 0 to 1, what they "
-                                     "bought in the last 14 days 0.75 and up. Trending: decayed purchases; for a "
-                                     "shopper with no events, the product's share of their segment's list.")
+                                     "bought in the last 14 days 0.75 and up; with no events, the product's share "
+                                     "of their segment's list (trending's where none is known). Trending: "
+                                     "decayed purchases.")
     reason: str = Field(description="Why it was picked: the rule with its confidence and lift, "
                                     "\"because you bought ...\", \"trending in ...\".")
     source: str = Field(description="The signal that picked it: together, repurchase, item, als, variant, "

@@ -102,8 +102,9 @@ def repurchase_then(popular: list[str], history: pd.DataFrame, n: int) -> list[s
 
 
 #: The two-tower's weight in the ablation's "with two-tower" row while the shipped blend leaves it out: the
-#: best of 0.3, 1 and 3 on the 4 weeks before those reported (bench/recommend.py --jobs tune).
-TWO_TOWER_TRIAL = 0.3
+#: best of 0.3, 1 and 3 on the 4 weeks before those reported, with product vectors from photos and titles
+#: (bench/recommend.py --jobs tune; 0.3 with photos alone).
+TWO_TOWER_TRIAL = 1.0
 
 
 def variants(weights: Weights, content: bool, two_tower: bool = False) -> dict[str, Weights]:
