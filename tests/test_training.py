@@ -217,9 +217,9 @@ def test_training_over_two_folders_reads_both(shared_data, tmp_path, monkeypatch
     assert report.excluded_eval == 2 + 1
     meta = json.loads(sidecar_path(out).read_text())
     sources = meta["training"]["sources"]
-    assert [(s["images"], s["n_train"]) for s in sources] == [("images", 20), ("images", 12)]
+    assert [(s["images"], s["n_train"]) for s in sources] == [("main/images", 20), ("small/images", 12)]
     assert meta["training"]["degrade"] == 0.5
-    assert meta["tag_heads_training"]["n_train"] == 32 and len(meta["tag_heads_training"]["sources"]) == 2
+    assert meta["tag_heads_training"]["n_train"] == 32 and meta["tag_heads_training"]["sources"] == ["main/images", "small/images"]
     features = tmp_path / "data" / "cache" / "features"
     assert list(features.glob("shaped-224x224-from-60x80-*.npz")), "main photos degraded to the extra photos' size"
     extra_cache = [p for p in features.glob("shaped-224x224-*.npz") if "-from-" not in p.name]

@@ -37,6 +37,11 @@ class TrainingSet:
     def paths(self) -> list[Path]:
         return [self.images / f"{r['id']}.jpg" for r in self.rows]
 
+    def named(self, path: Path) -> str:
+        """A folder or file as the sidecar records it: with its parent's name, since two sets' photos are
+        often both called images/ and their catalogs styles.csv."""
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
     def photo_size(self) -> tuple[int, int]:
         """The (width, height) of the folder's first photo: the size its photos are taken to share."""
         from PIL import Image

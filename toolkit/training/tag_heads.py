@@ -146,7 +146,7 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
                                               "split": SPLIT_NAME, "exclude_eval": exclude_eval,
                                               "hold_out": hold_out, "groups": groups, "degrade": degrade,
                                               "extra_share": extra_share,
-                                              "sources": [s.images.name for s in (data.main, *data.extra)]})
+                                              "sources": [s.named(s.images) for s in (data.main, *data.extra)]})
     return TagTrainReport(out=out, sha256=sha, groups=groups, n_train=len(rows), seconds=time.time() - t0)
 
 

@@ -125,7 +125,7 @@ def write_sidecar(out: Path, sha: str, heads_cfg: "HeadsConfig", cfg: TrainConfi
         "sha256": sha,
         "config": asdict(heads_cfg),
         "training": {**asdict(cfg), "split": SPLIT_NAME, "n_train": len(rows), "left_out": excluded,
-                     "sources": [{"images": s.images.name, "catalog": s.catalog.name, "n_train": len(s.rows)}
+                     "sources": [{"images": s.named(s.images), "catalog": s.named(s.catalog), "n_train": len(s.rows)}
                                  for s in (data.main, *data.extra)],
                      "train_ids_sha256": hashlib.sha256(",".join(ids).encode()).hexdigest(),
                      "n_captions": n_captions, "final_loss": round(loss, 5),
