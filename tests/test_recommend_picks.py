@@ -192,12 +192,25 @@ def test_ap_hr_and_recall_at_k_by_hand():
     assert ap_at_k(["a", "b"], {"a", "b"}, 1) == (1.0, 1.0, 0.5)
 
 
+def content_shop(folder, vectors):
+    """The shop's items, u1 who bought a1 and u2 who bought c1, and picks from the content profile alone."""
+    from toolkit.recommend.picks import Weights
+
+    for name, text in (("items.csv", ITEMS), ("events.csv", "customer_id,article_id,t_dat\nu1,a1,2024-03-01\n"
+                                                                "u2,c1,2024-03-02\n")):
+        (folder / name).write_text(text)
+    weights = Weights(repurchase=0, repurchase_days=0, item=0, als=0, trending=0, variant=0, content=1)
+    rec = Recommender(folder / "data", vectors=lambda: vectors, weights=weights)
+    rec.import_items(folder / "items.csv")
+    rec.import_events(folder / "events.csv")
+    return rec
+
+
 def test_content_picks_reach_a_product_nobody_bought_by_its_looks(tmp_path):
     import numpy as np
 
     from store.base import Record
     from toolkit.recommend.content import from_store
-    from toolkit.recommend.picks import Weights
 
     class Store:  # the store's records: two media of a1, one of n1 (looks like a1), one of c1
         model_id = "test-model"
@@ -211,13 +224,7 @@ def test_content_picks_reach_a_product_nobody_bought_by_its_looks(tmp_path):
     vectors = from_store(Store())
     assert vectors.ids == ["a1", "c1", "n1"] and vectors.model_id == "test-model"
     assert np.allclose(np.linalg.norm(vectors.matrix, axis=1), 1)
-    for name, text in (("items.csv", ITEMS), ("events.csv", "customer_id,article_id,t_dat\nu1,a1,2024-03-01\n"
-                                                                "u2,c1,2024-03-02\n")):
-        (tmp_path / name).write_text(text)
-    weights = Weights(repurchase=0, repurchase_days=0, item=0, als=0, trending=0, variant=0, content=1)
-    rec = Recommender(tmp_path / "data", vectors=lambda: vectors, weights=weights)
-    rec.import_items(tmp_path / "items.csv")
-    rec.import_events(tmp_path / "events.csv")
+    rec = content_shop(tmp_path, vectors)
     result = rec.for_user("u1", k=2)
     assert ids(result)[0] == "n1" and result.picks[0].reason == "looks like Strap top black"
     assert rec.models().content_model == "test-model"
@@ -269,7 +276,6 @@ def test_a_products_vector_joins_its_photos_and_its_titles_so_a_product_without_
 
     from store.base import Record
     from toolkit.recommend.content import from_store
-    from toolkit.recommend.picks import Weights
 
     class Collection:
         model_id = "test-model"
@@ -295,11 +301,4 @@ def test_a_products_vector_joins_its_photos_and_its_titles_so_a_product_without_
     assert float(m["a1"] @ m["c1"]) == pytest.approx(0.0)
     assert from_store(media, Collection([])).matrix.shape == (3, 2)  # no titles: the photos alone
 
-    for name, text in (("items.csv", ITEMS), ("events.csv", "customer_id,article_id,t_dat\nu1,a1,2024-03-01\n"
-                                                                "u2,c1,2024-03-02\n")):
-        (tmp_path / name).write_text(text)
-    weights = Weights(repurchase=0, repurchase_days=0, item=0, als=0, trending=0, variant=0, content=1)
-    shop_ = Recommender(tmp_path / "data", vectors=lambda: vectors, weights=weights)
-    shop_.import_items(tmp_path / "items.csv")
-    shop_.import_events(tmp_path / "events.csv")
-    assert ids(shop_.for_user("u1", k=3)) == ["n1", "d1"]  # c1 shares nothing with a1: no pick
+    assert ids(content_shop(tmp_path, vectors).for_user("u1", k=3)) == ["n1", "d1"]  # c1 shares nothing with a1: no pick
