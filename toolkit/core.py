@@ -378,7 +378,13 @@ class Toolkit:
             def vectors():
                 from toolkit.recommend.content import from_store
 
-                return from_store(self.store, self.products_store) if self.store.count() else None
+                if not self.store.count():
+                    return None
+                try:
+                    titles = self.products_store
+                except ToolkitError:  # a catalog collection from another model: the photos alone still serve
+                    titles = None
+                return from_store(self.store, titles)
 
             def catalog():
                 from toolkit.recommend.models import Catalog
