@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,20 +20,14 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from toolkit.recommend.evaluate import ap_at_k, interval  # noqa: E402
+
 HM = Path(os.environ.get("TOOLKIT_HM_DATA", ROOT.parent / "shared" / "data" / "hm"))
 K = 12
 #: (name, weeks before the last that the set ends, how many weeks): the reported 8 and those before them.
 SETS = (("tuning (4 weeks before the reported)", 8, 4), ("reported (8 weeks)", 0, 8), ("earlier (16 weeks)", 12, 16))
 DECAYS = ((30, 7), (30, 14), (60, 14), (60, 30), (90, 30), (14, 3), (30, 3))
-
-
-def average_precision(predicted: list[str], actual: set[str]) -> float:
-    hits, total = 0, 0.0
-    for rank, item in enumerate(predicted[:K], 1):
-        if item in actual:
-            hits += 1
-            total += hits / rank
-    return total / min(len(actual), K)
 
 
 def decayed(train: pd.DataFrame, cutoff, window: int, half: float, key: str = "article_id",
@@ -70,7 +65,7 @@ def score_set(tx: pd.DataFrame, end, skip: int, weeks: int, garment: dict[str, s
         ranked = lists(tx[tx.t_dat < cutoff], cutoff, garment)
         for _, bought in test.groupby("customer_id").article_id.agg(set).items():
             for name, items in ranked.items():
-                per.setdefault(name, []).append(average_precision(items, bought))
+                per.setdefault(name, []).append(ap_at_k(items, bought, K)[0])
     return {name: np.asarray(v) for name, v in per.items()}
 
 
@@ -89,12 +84,10 @@ def main() -> None:
         rows = {}
         print(f"\n{label}: {n} shopper-weeks; margin against {base} (MAP@12 {per[base].mean():.4f}), paired, 95%")
         for name, v in sorted(per.items(), key=lambda kv: -kv[1].mean()):
-            diff = v - per[base]
-            boot = diff[rng.integers(0, n, (1000, n))].mean(axis=1)
-            low, high = np.percentile(boot, [2.5, 97.5])
-            rows[name] = {"map": round(float(v.mean()), 5), "margin": round(float(diff.mean()), 5),
-                          "low": round(float(low), 5), "high": round(float(high), 5)}
-            print(f"  {name:<44} {v.mean():.4f}  {diff.mean():+.4f} [{low:+.4f}, {high:+.4f}]")
+            margin = interval(v - per[base], rng)
+            rows[name] = {"map": round(float(v.mean()), 5), "margin": round(margin.mean, 5),
+                          "low": round(margin.low, 5), "high": round(margin.high, 5)}
+            print(f"  {name:<44} {v.mean():.4f}  {margin.mean:+.4f} [{margin.low:+.4f}, {margin.high:+.4f}]")
         result[label] = {"shopper_weeks": n, "baseline": base, "lists": rows}
     out = ROOT / "bench" / "results" / "recommend-cold-lists.json"
     out.write_text(json.dumps(result, indent=2))
