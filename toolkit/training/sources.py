@@ -26,6 +26,12 @@ from toolkit.training.features import image_features, shaped_features
 from toolkit.training.split import in_share, read_catalog, trains_on, training_rows
 
 
+def recorded_name(path: Path) -> str:
+    """A folder or file as a sidecar records it: with its parent's name, since two sets' photos are
+    often both called images/ and their catalogs styles.csv."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
 @dataclass
 class TrainingSet:
     """One folder of photos and the catalog rows training reads from it."""
@@ -36,11 +42,6 @@ class TrainingSet:
     @property
     def paths(self) -> list[Path]:
         return [self.images / f"{r['id']}.jpg" for r in self.rows]
-
-    def named(self, path: Path) -> str:
-        """A folder or file as the sidecar records it: with its parent's name, since two sets' photos are
-        often both called images/ and their catalogs styles.csv."""
-        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
     def photo_size(self) -> tuple[int, int]:
         """The (width, height) of the folder's first photo: the size its photos are taken to share."""

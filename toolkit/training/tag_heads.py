@@ -21,7 +21,7 @@ from toolkit.ground.files import write_text_atomic
 from toolkit.training.captions import REQUIRED_COLUMNS, load_vocabulary
 from toolkit.training.config import Progress
 from toolkit.training.features import training_cache
-from toolkit.training.sources import training_data, training_features
+from toolkit.training.sources import recorded_name, training_data, training_features
 from toolkit.training.split import SPLIT_NAME
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def train_tag_heads(images_dir: Path, catalog_csv: Path, heads_path: Path | None
                                               "split": SPLIT_NAME, "exclude_eval": exclude_eval,
                                               "hold_out": hold_out, "groups": groups, "degrade": degrade,
                                               "extra_share": extra_share,
-                                              "sources": [s.named(s.images) for s in (data.main, *data.extra)]})
+                                              "sources": [recorded_name(s.images) for s in (data.main, *data.extra)]})
     return TagTrainReport(out=out, sha256=sha, groups=groups, n_train=len(rows), seconds=time.time() - t0)
 
 

@@ -29,7 +29,7 @@ from toolkit.training.config import Progress, TrainConfig, TrainReport
 from toolkit.training.features import augmented_features, text_features, training_cache
 from toolkit.training.finetune import finetune_stage
 from toolkit.training.loop import fit
-from toolkit.training.sources import TrainingData, training_data, training_features
+from toolkit.training.sources import TrainingData, recorded_name, training_data, training_features
 from toolkit.training.split import SPLIT_NAME
 from toolkit.training.tag_heads import train_tag_heads
 
@@ -125,7 +125,7 @@ def write_sidecar(out: Path, sha: str, heads_cfg: "HeadsConfig", cfg: TrainConfi
         "sha256": sha,
         "config": asdict(heads_cfg),
         "training": {**asdict(cfg), "split": SPLIT_NAME, "n_train": len(rows), "left_out": excluded,
-                     "sources": [{"images": s.named(s.images), "catalog": s.named(s.catalog), "n_train": len(s.rows)}
+                     "sources": [{"images": recorded_name(s.images), "catalog": recorded_name(s.catalog), "n_train": len(s.rows)}
                                  for s in (data.main, *data.extra)],
                      "train_ids_sha256": hashlib.sha256(",".join(ids).encode()).hexdigest(),
                      "n_captions": n_captions, "final_loss": round(loss, 5),
